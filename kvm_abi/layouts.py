@@ -1,0 +1,222 @@
+"""C layouts of the KVM userspace ABI (x86-64), declared for cffi in ABI mode.
+
+The declarations mirror <linux/kvm.h> and <asm/kvm.h>; tests/test_abi_probe.py
+compiles a probe against the system headers and compares every size and offset.
+Members added by the exec-trap patch (patches/) are listed in PATCH_ONLY so the
+probe against an unpatched header knows to skip them.
+"""
+import cffi
+
+CDEF = r"""
+typedef uint8_t  __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+typedef int32_t  __s32;
+
+struct kvm_regs {
+    __u64 rax, rbx, rcx, rdx;
+    __u64 rsi, rdi, rsp, rbp;
+    __u64 r8,  r9,  r10, r11;
+    __u64 r12, r13, r14, r15;
+    __u64 rip, rflags;
+};
+
+struct kvm_segment {
+    __u64 base;
+    __u32 limit;
+    __u16 selector;
+    __u8  type;
+    __u8  present, dpl, db, s, l, g, avl;
+    __u8  unusable;
+    __u8  padding;
+};
+
+struct kvm_dtable {
+    __u64 base;
+    __u16 limit;
+    __u16 padding[3];
+};
+
+struct kvm_sregs {
+    struct kvm_segment cs, ds, es, fs, gs, ss;
+    struct kvm_segment tr, ldt;
+    struct kvm_dtable gdt, idt;
+    __u64 cr0, cr2, cr3, cr4, cr8;
+    __u64 efer;
+    __u64 apic_base;
+    __u64 interrupt_bitmap[4];
+};
+
+struct kvm_userspace_memory_region {
+    __u32 slot;
+    __u32 flags;
+    __u64 guest_phys_addr;
+    __u64 memory_size;
+    __u64 userspace_addr;
+};
+
+struct kvm_debug_exit_arch {
+    __u32 exception;
+    __u32 pad;
+    __u64 pc;
+    __u64 dr6;
+    __u64 dr7;
+};
+
+struct kvm_guest_debug_arch {
+    __u64 debugreg[8];
+};
+
+struct kvm_guest_debug {
+    __u32 control;
+    __u32 pad;
+    struct kvm_guest_debug_arch arch;
+};
+
+struct kvm_cpuid_entry2 {
+    __u32 function;
+    __u32 index;
+    __u32 flags;
+    __u32 eax;
+    __u32 ebx;
+    __u32 ecx;
+    __u32 edx;
+    __u32 padding[3];
+};
+
+struct kvm_cpuid2 {
+    __u32 nent;
+    __u32 padding;
+    struct kvm_cpuid_entry2 entries[];
+};
+
+struct kvm_msr_entry {
+    __u32 index;
+    __u32 reserved;
+    __u64 data;
+};
+
+struct kvm_msrs {
+    __u32 nmsrs;
+    __u32 pad;
+    struct kvm_msr_entry entries[];
+};
+
+struct kvm_translation {
+    __u64 linear_address;
+    __u64 physical_address;
+    __u8  valid;
+    __u8  writeable;
+    __u8  usermode;
+    __u8  pad[5];
+};
+
+struct kvm_pit_config {
+    __u32 flags;
+    __u32 pad[15];
+};
+
+struct kvm_irq_level {
+    union {
+        __u32 irq;
+        __s32 status;
+    };
+    __u32 level;
+};
+
+struct kvm_mp_state {
+    __u32 mp_state;
+};
+
+struct kvm_exec_trap {
+    __u64 gpa;
+    __u64 size;
+    __u32 flags;
+    __u32 pad;
+    __u64 reserved[4];
+};
+
+struct kvm_run {
+    __u8 request_interrupt_window;
+    __u8 immediate_exit;
+    __u8 padding1[6];
+
+    __u32 exit_reason;
+    __u8 ready_for_interrupt_injection;
+    __u8 if_flag;
+    __u16 flags;
+
+    __u64 cr8;
+    __u64 apic_base;
+
+    union {
+        struct {
+            __u64 hardware_exit_reason;
+        } hw;
+        struct {
+            __u64 hardware_entry_failure_reason;
+            __u32 cpu;
+        } fail_entry;
+        struct {
+            __u32 exception;
+            __u32 error_code;
+        } ex;
+        struct {
+            __u8 direction;
+            __u8 size;
+            __u16 port;
+            __u32 count;
+            __u64 data_offset;
+        } io;
+        struct {
+            struct kvm_debug_exit_arch arch;
+        } debug;
+        struct {
+            __u64 phys_addr;
+            __u8  data[8];
+            __u32 len;
+            __u8  is_write;
+        } mmio;
+        struct {
+            __u32 suberror;
+            __u32 ndata;
+            __u64 data[16];
+        } internal;
+        struct {
+            __u32 suberror;
+            __u32 ndata;
+            __u64 flags;
+            __u8  insn_size;
+            __u8  insn_bytes[15];
+        } emulation_failure;
+        struct {
+            __u32 type;
+            __u32 ndata;
+            union {
+                __u64 flags;
+                __u64 data[16];
+            };
+        } system_event;
+        struct {
+            __u64 flags;
+            __u64 gpa;
+            __u64 gva;
+            __u64 rip;
+        } emulate;
+        char padding[256];
+    };
+
+    __u64 kvm_valid_regs;
+    __u64 kvm_dirty_regs;
+    union {
+        char padding[2048];
+    } s;
+};
+"""
+
+# Declared above but only present in a kernel carrying the exec-trap patch.
+PATCH_ONLY = frozenset({"struct kvm_exec_trap", "struct kvm_run.emulate"})
+
+ffi = cffi.FFI()
+ffi.cdef(CDEF)

@@ -1,0 +1,1 @@
+"""Devices on the port and MMIO buses. Devices never touch ioctls."""

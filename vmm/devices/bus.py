@@ -1,0 +1,119 @@
+"""Port I/O and MMIO buses: route guest accesses to devices, count the unclaimed ones.
+
+A device implements read(offset, size) -> int and write(offset, size, value),
+offsets relative to the base it was registered at. Unclaimed reads return
+all-ones and unclaimed writes are dropped, as on a PC.
+"""
+import bisect
+from collections import Counter
+
+# A hostile guest can touch any number of distinct MMIO addresses; keep the
+# per-address table bounded and lump the rest together.
+MAX_COUNTED_ADDRESSES = 4096
+OTHER_ADDRESSES = "other"
+
+
+class BusConflict(ValueError):
+    pass
+
+
+def _bounded_count(counter, key):
+    if key in counter or len(counter) < MAX_COUNTED_ADDRESSES:
+        counter[key] += 1
+    else:
+        counter[OTHER_ADDRESSES] += 1
+
+
+class PortBus:
+    """The 64 KiB x86 I/O port space."""
+
+    def __init__(self):
+        self._ports = {}                  # port -> (device, base)
+        self.unclaimed_reads = Counter()  # port -> count
+        self.unclaimed_writes = Counter()
+
+    def register(self, device, base, length):
+        if not (0 <= base and base + length <= 0x10000 and length > 0):
+            raise BusConflict(f"ports {base:#x}+{length} are outside the I/O space")
+        taken = [port for port in range(base, base + length) if port in self._ports]
+        if taken:
+            raise BusConflict(f"port {taken[0]:#x} is already claimed")
+        for port in range(base, base + length):
+            self._ports[port] = (device, base)
+
+    def device_at(self, port):
+        entry = self._ports.get(port)
+        return entry[0] if entry else None
+
+    def handle(self, io):
+        """Serve an exits.Io: every one of its count items of size bytes."""
+        port, size, data = io.port, io.size, io.data
+        entry = self._ports.get(port)
+        if io.is_write:
+            if entry is None:
+                self.unclaimed_writes[port] += io.count
+                return
+            device, base = entry
+            offset = port - base
+            if size == 1:
+                for value in data:
+                    device.write(offset, 1, value)
+            else:
+                for start in range(0, len(data), size):
+                    device.write(offset, size, int.from_bytes(data[start:start + size], "little"))
+        else:
+            if entry is None:
+                self.unclaimed_reads[port] += io.count
+                data[:] = b"\xff" * len(data)
+                return
+            device, base = entry
+            offset = port - base
+            mask = (1 << (8 * size)) - 1
+            for start in range(0, len(data), size):
+                data[start:start + size] = (device.read(offset, size) & mask).to_bytes(size, "little")
+
+
+class MmioBus:
+    """Guest-physical ranges that are not RAM and that devices serve."""
+
+    def __init__(self):
+        self._starts = []
+        self._ranges = []                 # (start, end, device), sorted by start
+        self.unclaimed_reads = Counter()  # address -> count (bounded)
+        self.unclaimed_writes = Counter()
+
+    def register(self, device, base, length):
+        end = base + length
+        if length <= 0 or base < 0 or end > 1 << 64:
+            raise BusConflict(f"MMIO range {base:#x}+{length:#x} is invalid")
+        for start, stop, _ in self._ranges:
+            if base < stop and start < end:
+                raise BusConflict(f"MMIO range {base:#x}+{length:#x} overlaps {start:#x}")
+        index = bisect.bisect(self._starts, base)
+        self._starts.insert(index, base)
+        self._ranges.insert(index, (base, end, device))
+
+    def find(self, address, length):
+        index = bisect.bisect(self._starts, address) - 1
+        if index >= 0:
+            start, end, device = self._ranges[index]
+            if address + length <= end:
+                return device, start
+        return None, None
+
+    def handle(self, mmio):
+        """Serve an exits.Mmio (length 1..8, checked at decode)."""
+        device, base = self.find(mmio.phys_addr, mmio.length)
+        if device is None:
+            if mmio.is_write:
+                _bounded_count(self.unclaimed_writes, mmio.phys_addr)
+            else:
+                _bounded_count(self.unclaimed_reads, mmio.phys_addr)
+                mmio.data[:] = b"\xff" * mmio.length
+            return
+        offset = mmio.phys_addr - base
+        if mmio.is_write:
+            device.write(offset, mmio.length, int.from_bytes(mmio.data, "little"))
+        else:
+            value = device.read(offset, mmio.length) & ((1 << (8 * mmio.length)) - 1)
+            mmio.data[:] = value.to_bytes(mmio.length, "little")

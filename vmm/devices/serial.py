@@ -1,0 +1,185 @@
+"""A 16550A UART (COM1 at 0x3f8): enough of it for polled and simple interrupt-driven drivers.
+
+Output goes to a binary sink (stdout or a file), flushed at each newline and
+whenever the buffer fills, so a crash or timeout loses nothing already sent.
+Input comes from a file (read as the guest asks) or from stdin (read by a
+helper thread, so the guest never blocks the vCPU).
+"""
+import collections
+import os
+import stat
+import threading
+
+COM1_BASE = 0x3F8
+COM1_IRQ = 4
+PORT_COUNT = 8
+
+# Register offsets.
+RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
+
+LCR_DLAB = 0x80
+MCR_LOOP = 0x10
+LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
+IER_RDI, IER_THRI = 0x01, 0x02
+IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0xC0
+FCR_FIFO_ENABLE = 0x01
+MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
+
+FLUSH_THRESHOLD = 4096
+STDIN_QUEUE_LIMIT = 1 << 16
+
+
+class SerialInput:
+    """Bytes for the UART's receiver, from a regular file or from a stream read by a thread."""
+
+    def __init__(self, fileobj):
+        self._file = fileobj
+        self._pending = collections.deque()
+        self._lock = threading.Lock()
+        try:
+            regular = stat.S_ISREG(os.fstat(fileobj.fileno()).st_mode)
+        except (AttributeError, OSError, ValueError):
+            regular = True  # an in-memory file: read it directly
+        self._thread = None
+        if not regular:
+            self._thread = threading.Thread(target=self._pump, name="serial-input", daemon=True)
+            self._thread.start()
+
+    def _pump(self):
+        read = getattr(self._file, "read1", self._file.read)
+        while True:
+            try:
+                chunk = read(4096)
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            with self._lock:
+                if len(self._pending) < STDIN_QUEUE_LIMIT:
+                    self._pending.extend(chunk)
+
+    def available(self):
+        if self._thread is None and not self._pending:
+            self._pending.extend(self._file.read(4096) or b"")
+        return bool(self._pending)
+
+    def pop(self):
+        with self._lock:
+            return self._pending.popleft() if self.available() else None
+
+
+class Uart16550:
+    def __init__(self, output=None, input=None, irq_line=None):
+        self._output = output            # binary file object or None
+        self._input = input              # SerialInput or None
+        self._irq_line = irq_line        # callable(level) or None
+        self._out_buffer = bytearray()
+        self._loopback = collections.deque(maxlen=16)
+        self.bytes_written = 0
+        self.ier = self.lcr = self.mcr = self.scr = 0
+        self.fcr = 0
+        self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
+        self._thr_interrupt = False
+        self._irq_level = 0
+
+    # -- guest side ----------------------------------------------------------
+
+    def read(self, offset, size):
+        if offset == RBR_THR_DLL:
+            if self.lcr & LCR_DLAB:
+                return self.dll
+            value = self._receive()
+            self._update_irq()
+            return value
+        if offset == IER_DLM:
+            return self.dlm if self.lcr & LCR_DLAB else self.ier
+        if offset == IIR_FCR:
+            iir = self._pending_interrupt()
+            if iir == IIR_THRI:
+                self._thr_interrupt = False
+                self._update_irq()
+            return iir | (IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0)
+        if offset == LCR:
+            return self.lcr
+        if offset == MCR:
+            return self.mcr
+        if offset == LSR:
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self._has_input() else 0)
+        if offset == MSR:
+            if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
+                return ((self.mcr & 0x01) << 5 | (self.mcr & 0x02) << 3
+                        | (self.mcr & 0x04) << 4 | (self.mcr & 0x08) << 4)
+            return MSR_DCD | MSR_DSR | MSR_CTS
+        return self.scr
+
+    def write(self, offset, size, value):
+        value &= 0xFF
+        if offset == RBR_THR_DLL:
+            if self.lcr & LCR_DLAB:
+                self.dll = value
+                return
+            if self.mcr & MCR_LOOP:
+                self._loopback.append(value)
+            else:
+                self._transmit(value)
+            self._thr_interrupt = True
+        elif offset == IER_DLM:
+            if self.lcr & LCR_DLAB:
+                self.dlm = value
+                return
+            if value & IER_THRI and not self.ier & IER_THRI:
+                self._thr_interrupt = True
+            self.ier = value & 0x0F
+        elif offset == IIR_FCR:
+            self.fcr = value
+        elif offset == LCR:
+            self.lcr = value
+        elif offset == MCR:
+            self.mcr = value & 0x1F
+        elif offset == SCR:
+            self.scr = value
+        self._update_irq()
+
+    # -- internals -----------------------------------------------------------
+
+    def _has_input(self):
+        if self.mcr & MCR_LOOP:
+            return bool(self._loopback)
+        return self._input is not None and self._input.available()
+
+    def _receive(self):
+        if self.mcr & MCR_LOOP:
+            return self._loopback.popleft() if self._loopback else 0
+        if self._input is None:
+            return 0
+        value = self._input.pop()
+        return 0 if value is None else value
+
+    def _pending_interrupt(self):
+        if self.ier & IER_RDI and self._has_input():
+            return IIR_RDI
+        if self.ier & IER_THRI and self._thr_interrupt:
+            return IIR_THRI
+        return IIR_NO_INT
+
+    def _update_irq(self):
+        if self._irq_line is None:
+            return
+        level = 0 if self._pending_interrupt() == IIR_NO_INT else 1
+        if level != self._irq_level:
+            self._irq_level = level
+            self._irq_line(level)
+
+    def _transmit(self, byte):
+        self.bytes_written += 1
+        if self._output is None:
+            return
+        self._out_buffer.append(byte)
+        if byte == 0x0A or len(self._out_buffer) >= FLUSH_THRESHOLD:
+            self.flush()
+
+    def flush(self):
+        if self._out_buffer and self._output is not None:
+            self._output.write(self._out_buffer)
+            self._output.flush()
+            self._out_buffer.clear()

@@ -1,0 +1,41 @@
+"""The error types the VMM raises, and the process exit statuses they map to."""
+import os
+
+# Process exit statuses: a documented contract (README, "Exit status").
+# The guest's test-exit device yields odd statuses, (value << 1) | 1, so the
+# VMM's own outcomes are even.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_TRIPLE_FAULT = 4
+EXIT_KVM_ERROR = 6
+EXIT_GUEST_ASSERT = 8
+EXIT_NO_KVM = 10
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+
+class VmmError(Exception):
+    """An error the user sees as one line; carries the process exit status."""
+
+    exit_status = EXIT_BAD_INPUT
+
+
+class BadInput(VmmError):
+    """A malformed argument, image or file."""
+
+
+class KvmUnavailable(VmmError):
+    """/dev/kvm is missing or cannot be opened."""
+
+    exit_status = EXIT_NO_KVM
+
+
+class KvmError(VmmError):
+    """A KVM ioctl failed; names the ioctl and the errno."""
+
+    exit_status = EXIT_KVM_ERROR
+
+    def __init__(self, ioctl_name, errno):
+        self.ioctl_name = ioctl_name
+        self.errno = errno
+        super().__init__(f"{ioctl_name} failed: {os.strerror(errno)} (errno {errno})")

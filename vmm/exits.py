@@ -1,0 +1,229 @@
+"""Typed values for the reasons KVM_RUN returns to userspace.
+
+decode(run, run_view) reads struct kvm_run through its cffi fields only. An
+exit number this module does not know stays representable as Unsupported.
+Values that steer memory access (I/O data offset and size, MMIO length, count
+of internal-error words) are bounds-checked here, once, so handlers can trust
+them; a kvm_run that breaks those bounds decodes as Malformed.
+"""
+import kvm_abi as abi
+
+EXIT_NAMES = {getattr(abi, name): name[len("KVM_EXIT_"):]
+              for name in dir(abi)
+              if name.startswith("KVM_EXIT_") and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")}
+
+
+# Reason given to exits whose kvm_run fields failed their bounds checks.
+MALFORMED = -1
+
+
+def exit_name(reason):
+    return EXIT_NAMES.get(reason, f"UNSUPPORTED({reason})")
+
+
+class VcpuExit:
+    """Base of every decoded exit; reason is the raw kvm_run.exit_reason."""
+
+    __slots__ = ("reason",)
+    fields = ()
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    @property
+    def name(self):
+        return exit_name(self.reason)
+
+    def __repr__(self):
+        details = ", ".join(f"{field}={getattr(self, field)!r}" for field in self.fields)
+        return f"{type(self).__name__}({details})"
+
+
+class Io(VcpuExit):
+    """Port I/O; data is a writable view of the size*count bytes inside kvm_run."""
+
+    __slots__ = ("port", "size", "count", "is_write", "data")
+    fields = ("port", "size", "count", "is_write")
+
+    def __init__(self, reason, port, size, count, is_write, data):
+        self.reason = reason
+        self.port, self.size, self.count, self.is_write, self.data = port, size, count, is_write, data
+
+
+class Mmio(VcpuExit):
+    """Memory-mapped I/O; data is a writable view of the len bytes inside kvm_run."""
+
+    __slots__ = ("phys_addr", "length", "is_write", "data")
+    fields = ("phys_addr", "length", "is_write")
+
+    def __init__(self, reason, phys_addr, length, is_write, data):
+        self.reason = reason
+        self.phys_addr, self.length, self.is_write, self.data = phys_addr, length, is_write, data
+
+
+class Hlt(VcpuExit):
+    __slots__ = ()
+
+
+class Shutdown(VcpuExit):
+    """Triple fault (or another shutdown condition) in the guest."""
+
+    __slots__ = ()
+
+
+class Interrupted(VcpuExit):
+    """KVM_RUN returned EINTR: a signal or immediate_exit kicked the vCPU out."""
+
+    __slots__ = ()
+
+
+class FailEntry(VcpuExit):
+    __slots__ = ("hardware_entry_failure_reason", "cpu")
+    fields = ("hardware_entry_failure_reason", "cpu")
+
+    def __init__(self, reason, hardware_entry_failure_reason, cpu):
+        self.reason = reason
+        self.hardware_entry_failure_reason, self.cpu = hardware_entry_failure_reason, cpu
+
+
+class InternalError(VcpuExit):
+    """data holds the ndata words KVM supplied (at most 16)."""
+
+    __slots__ = ("suberror", "data")
+    fields = ("suberror", "data")
+
+    def __init__(self, reason, suberror, data):
+        self.reason = reason
+        self.suberror, self.data = suberror, data
+
+
+class Unknown(VcpuExit):
+    """KVM_EXIT_UNKNOWN: the hardware exit KVM did not handle."""
+
+    __slots__ = ("hardware_exit_reason",)
+    fields = ("hardware_exit_reason",)
+
+    def __init__(self, reason, hardware_exit_reason):
+        self.reason = reason
+        self.hardware_exit_reason = hardware_exit_reason
+
+
+class Debug(VcpuExit):
+    __slots__ = ("exception", "pc", "dr6", "dr7")
+    fields = ("exception", "pc", "dr6", "dr7")
+
+    def __init__(self, reason, exception, pc, dr6, dr7):
+        self.reason = reason
+        self.exception, self.pc, self.dr6, self.dr7 = exception, pc, dr6, dr7
+
+
+class SystemEvent(VcpuExit):
+    __slots__ = ("type", "data")
+    fields = ("type", "data")
+
+    def __init__(self, reason, type, data):
+        self.reason = reason
+        self.type, self.data = type, data
+
+
+class Emulate(VcpuExit):
+    """KVM_EXIT_EMULATE from the exec-trap patch: an instruction fetch from a marked page."""
+
+    __slots__ = ("flags", "gpa", "gva", "rip")
+    fields = ("flags", "gpa", "gva", "rip")
+
+    def __init__(self, reason, flags, gpa, gva, rip):
+        self.reason = reason
+        self.flags, self.gpa, self.gva, self.rip = flags, gpa, gva, rip
+
+    @property
+    def gva_valid(self):
+        return bool(self.flags & abi.KVM_EMULATE_GVA_VALID)
+
+
+class Malformed(VcpuExit):
+    """An exit whose kvm_run fields are out of bounds; reason MALFORMED keeps it from devices."""
+
+    __slots__ = ("original_reason", "why")
+    fields = ("original_reason", "why")
+
+    def __init__(self, original_reason, why):
+        self.reason = MALFORMED
+        self.original_reason = original_reason
+        self.why = why
+
+    @property
+    def name(self):
+        return f"MALFORMED {exit_name(self.original_reason)}"
+
+
+class Unsupported(VcpuExit):
+    """An exit reason the VMM does not decode; the number is kept."""
+
+    __slots__ = ()
+    fields = ("reason",)
+
+
+_IO_SIZES = (1, 2, 4)
+# I/O data lives in the mapping after struct kvm_run (KVM uses the second page).
+_RUN_SIZE = abi.ffi.sizeof("struct kvm_run")
+_MAX_INTERNAL_DATA = 16
+
+
+def _decode_io(reason, run, view):
+    io = run.io
+    size, count, offset = io.size, io.count, io.data_offset
+    end = offset + size * count
+    if size not in _IO_SIZES or count == 0 or offset < _RUN_SIZE or end > len(view):
+        return Malformed(reason, f"I/O exit with size={size} count={count} data_offset={offset:#x}")
+    return Io(reason, io.port, size, count, io.direction == abi.KVM_EXIT_IO_OUT, view[offset:end])
+
+
+_MMIO_DATA = abi.ffi.offsetof("struct kvm_run", "mmio", "data")
+
+
+def _decode_mmio(reason, run, view):
+    mmio = run.mmio
+    length = mmio.len
+    if not 1 <= length <= 8:
+        return Malformed(reason, f"MMIO exit with len={length}")
+    return Mmio(reason, mmio.phys_addr, length, bool(mmio.is_write), view[_MMIO_DATA:_MMIO_DATA + length])
+
+
+def _decode_internal(reason, run, view):
+    internal = run.internal
+    ndata = min(internal.ndata, _MAX_INTERNAL_DATA)
+    return InternalError(reason, internal.suberror, tuple(internal.data[0:ndata]))
+
+
+def _decode_system_event(reason, run, view):
+    event = run.system_event
+    ndata = min(event.ndata, _MAX_INTERNAL_DATA)
+    return SystemEvent(reason, event.type, tuple(event.data[0:ndata]))
+
+
+_DECODERS = {
+    abi.KVM_EXIT_IO: _decode_io,
+    abi.KVM_EXIT_MMIO: _decode_mmio,
+    abi.KVM_EXIT_HLT: lambda reason, run, view: Hlt(reason),
+    abi.KVM_EXIT_SHUTDOWN: lambda reason, run, view: Shutdown(reason),
+    abi.KVM_EXIT_INTR: lambda reason, run, view: Interrupted(reason),
+    abi.KVM_EXIT_FAIL_ENTRY: lambda reason, run, view: FailEntry(
+        reason, run.fail_entry.hardware_entry_failure_reason, run.fail_entry.cpu),
+    abi.KVM_EXIT_INTERNAL_ERROR: _decode_internal,
+    abi.KVM_EXIT_UNKNOWN: lambda reason, run, view: Unknown(reason, run.hw.hardware_exit_reason),
+    abi.KVM_EXIT_DEBUG: lambda reason, run, view: Debug(
+        reason, run.debug.arch.exception, run.debug.arch.pc, run.debug.arch.dr6, run.debug.arch.dr7),
+    abi.KVM_EXIT_SYSTEM_EVENT: _decode_system_event,
+    abi.KVM_EXIT_EMULATE: lambda reason, run, view: Emulate(
+        reason, run.emulate.flags, run.emulate.gpa, run.emulate.gva, run.emulate.rip),
+}
+
+
+def decode(run, view):
+    """Decode the exit in `run` (a struct kvm_run *); `view` is a memoryview of the whole mapping."""
+    reason = run.exit_reason
+    decoder = _DECODERS.get(reason)
+    if decoder is None:
+        return Unsupported(reason)
+    return decoder(reason, run, view)

@@ -1,0 +1,154 @@
+"""A machine: one VM with its RAM, devices, vCPUs and run loops."""
+import contextlib
+import threading
+import time
+
+from . import cpu, loader
+from .devices.bus import MmioBus, PortBus
+from .devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
+from .devices.serial import COM1_BASE, PORT_COUNT, Uart16550
+from .devices.ucall import UCALL_PORT, UcallPort
+from .errors import BadInput, VmmError
+from .memory import GuestMemory
+from .runloop import Outcome, RunLoop, guest_assert, interrupted, kvm_error, timed_out
+from .system import Kvm
+from .vcpu import install_kick_handler
+
+DEFAULT_MEM = 128 << 20
+MAX_MEM = 3 << 30      # RAM stays below the 32-bit MMIO hole
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by the CLI's SIGTERM handler."""
+
+
+class Machine:
+    def __init__(self, mem_size=DEFAULT_MEM, serial_output=None, serial_input=None, vcpus=1,
+                 kvm_path="/dev/kvm"):
+        if not 0 < mem_size <= MAX_MEM or mem_size % 4096:
+            raise BadInput(f"guest memory of {mem_size} bytes: must be a multiple of 4 KiB "
+                           f"between 4 KiB and {MAX_MEM >> 30} GiB")
+        self.outcome = None
+        self._outcome_lock = threading.Lock()
+        self._resources = contextlib.ExitStack()
+        try:
+            self.kvm = self._resources.enter_context(Kvm(kvm_path))
+            self.vm = self._resources.enter_context(self.kvm.create_vm())
+            self.memory = GuestMemory(self.vm)
+            self._resources.callback(self.memory.close)
+            self.memory.add_ram(0, mem_size)
+            self.ports = PortBus()
+            self.mmio = MmioBus()
+            self.serial = Uart16550(serial_output, serial_input)
+            self._resources.callback(self.serial.flush)
+            self.ports.register(self.serial, COM1_BASE, PORT_COUNT)
+            self.ports.register(DebugExit(self._test_exit), DEFAULT_IOBASE, DEFAULT_IOSIZE)
+            self.ucalls = UcallPort(self.memory, self._guest_assert, self._guest_done, self._bad_ucall)
+            self.ports.register(self.ucalls, UCALL_PORT, 4)
+            self.vcpus = []
+            for vcpu_id in range(vcpus):
+                self.vcpus.append(self._resources.enter_context(self.vm.create_vcpu(vcpu_id)))
+            self.loops = [RunLoop(self, vcpu) for vcpu in self.vcpus]
+        except BaseException:
+            self._resources.close()
+            raise
+
+    # -- set-up --------------------------------------------------------------
+
+    def load(self, image, mode="long", load_addr=None, entry=None, stack=None):
+        """Load a flat image and put vCPU 0 in `mode` at its entry point."""
+        if mode not in cpu.MODES:
+            raise BadInput(f"unknown mode {mode!r}: choose one of {', '.join(cpu.MODES)}")
+        load_addr = cpu.DEFAULT_LOAD_ADDR[mode] if load_addr is None else load_addr
+        entry = load_addr if entry is None else entry
+        loader.load_flat(self.memory, image, load_addr, mode)
+        if not self.memory.contains(entry):
+            raise BadInput(f"entry point {entry:#x} is outside guest memory")
+        self.setup_cpu(mode, entry, stack)
+
+    def setup_cpu(self, mode, entry, stack=None):
+        stack = cpu.DEFAULT_STACK[mode] if stack is None else stack
+        supported = self.kvm.supported_cpuid()
+        for vcpu in self.vcpus:
+            vcpu.set_cpuid(cpu.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
+        cpu.setup_mode(self.vcpus[0], self.memory, mode, entry, stack)
+
+    # -- running -------------------------------------------------------------
+
+    def stop(self, outcome):
+        """Record how the run ends (the first outcome wins) and kick every vCPU out of KVM_RUN."""
+        with self._outcome_lock:
+            if self.outcome is None:
+                self.outcome = outcome
+        for vcpu in self.vcpus:
+            vcpu.kick()
+
+    def run(self, timeout=None):
+        """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock."""
+        if threading.current_thread() is threading.main_thread():
+            install_kick_handler()
+        errors = []
+        threads = [threading.Thread(target=self._run_vcpu, args=(loop, errors), name=f"vcpu{loop.vcpu.id}")
+                   for loop in self.loops]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self.stop(timed_out(timeout))
+                    break
+                threads[0].join(0.05 if remaining is None else min(0.05, remaining))
+                if self.outcome is not None:
+                    break
+        except KeyboardInterrupt:
+            self.stop(interrupted("SIGINT"))
+        except Terminated:
+            self.stop(interrupted("SIGTERM"))
+        finally:
+            if self.outcome is None:
+                self.stop(kvm_error("the run loop ended without an outcome"))
+            for thread in threads:
+                while thread.is_alive():
+                    self.stop(self.outcome)   # kick again: a kick can land between two KVM_RUNs
+                    thread.join(0.05)
+            self.serial.flush()
+        if errors:
+            raise errors[0]
+        return self.outcome
+
+    def _run_vcpu(self, loop, errors):
+        try:
+            loop.run()
+        except VmmError as error:
+            self.stop(kvm_error(f"vCPU {loop.vcpu.id}: {error}"))
+        except BaseException as error:  # a VMM bug: stop the others, re-raise in the caller
+            errors.append(error)
+            self.stop(kvm_error(f"vCPU {loop.vcpu.id}: internal error: {error!r}"))
+
+    # -- device callbacks ----------------------------------------------------
+
+    def _test_exit(self, value):
+        self.stop(Outcome("test-exit", exit_status(value), f"the guest wrote {value:#x} to the test-exit device"))
+
+    def _guest_assert(self, call):
+        self.stop(guest_assert(f"guest assertion failed at line {call.line}: {call.message} "
+                               f"(expected {call.args[1]:#x}, got {call.args[2]:#x})"))
+
+    def _guest_done(self, call):
+        self.stop(Outcome("done", 0, "the guest reported done"))
+
+    def _bad_ucall(self, why):
+        self.stop(guest_assert(f"malformed ucall: {why}"))
+
+    # -- lifetime ------------------------------------------------------------
+
+    def close(self):
+        self._resources.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,158 @@
+"""Guest RAM: host mmaps registered with KVM as memslots, accessed by guest-physical address.
+
+A RAM region's backing memory and its memslots are separate: pages can be
+taken out of the slot layout (so guest accesses to them exit to userspace)
+while their contents stay in the backing mmap.
+"""
+import struct
+
+from . import sys as _sys
+from .errors import VmmError
+
+PAGE_SIZE = 4096
+
+
+class GuestMemoryError(VmmError):
+    """A guest-physical range that is not (entirely) RAM."""
+
+
+class RamRegion:
+    """One contiguous range of guest RAM backed by an anonymous host mmap."""
+
+    def __init__(self, gpa, size):
+        self.gpa = gpa
+        self.size = size
+        self.end = gpa + size
+        self._addr = _sys.mmap(size, _sys.PROT_READ | _sys.PROT_WRITE,
+                               _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE)
+        self.host_addr = int(_sys.ffi.cast("uintptr_t", self._addr))
+        self.view = memoryview(_sys.ffi.buffer(self._addr, size))
+
+    def close(self):
+        if self._addr is not None:
+            self.view = None
+            _sys.munmap(self._addr, self.size)
+            self._addr = None
+
+
+class GuestMemory:
+    """All RAM of one VM, with bounds-checked access by guest-physical address."""
+
+    def __init__(self, vm):
+        self._vm = vm
+        self.regions = []
+        self._slots = {}           # slot number -> (gpa, size, host_addr)
+        self._unmapped = frozenset()
+
+    # -- layout --------------------------------------------------------------
+
+    def add_ram(self, gpa, size):
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size == 0:
+            raise GuestMemoryError(f"RAM at {gpa:#x} size {size:#x} is not page aligned")
+        if any(gpa < region.end and region.gpa < gpa + size for region in self.regions):
+            raise GuestMemoryError(f"RAM at {gpa:#x} size {size:#x} overlaps existing RAM")
+        region = RamRegion(gpa, size)
+        self.regions.append(region)
+        self.regions.sort(key=lambda r: r.gpa)
+        try:
+            self._apply_layout()
+        except BaseException:
+            self.regions.remove(region)
+            region.close()
+            raise
+        return region
+
+    def set_unmapped_pages(self, pages):
+        """Take these guest-physical pages out of the memslots (their backing stays)."""
+        pages = frozenset(pages)
+        for page in pages:
+            if page % PAGE_SIZE or not self.contains(page, PAGE_SIZE):
+                raise GuestMemoryError(f"{page:#x} is not a page of guest RAM")
+        self._unmapped = pages
+        self._apply_layout()
+
+    @property
+    def unmapped_pages(self):
+        return self._unmapped
+
+    def _wanted_slots(self):
+        """The memslots that cover all RAM except the unmapped pages."""
+        wanted = []
+        for region in self.regions:
+            start = region.gpa
+            for hole in sorted(p for p in self._unmapped if region.gpa <= p < region.end):
+                if hole > start:
+                    wanted.append((start, hole - start, region.host_addr + start - region.gpa))
+                start = hole + PAGE_SIZE
+            if start < region.end:
+                wanted.append((start, region.end - start, region.host_addr + start - region.gpa))
+        return wanted
+
+    def _apply_layout(self):
+        wanted = set(self._wanted_slots())
+        keep = {slot: spec for slot, spec in self._slots.items() if spec in wanted}
+        for slot, (gpa, _, host) in self._slots.items():
+            if slot not in keep:
+                self._vm.set_user_memory_region(slot, gpa, 0, host)
+        self._slots = keep
+        free = (n for n in range(1 << 15) if n not in keep)
+        for spec in sorted(wanted - set(keep.values())):
+            slot = next(free)
+            self._vm.set_user_memory_region(slot, *spec)
+            self._slots[slot] = spec
+
+    # -- access --------------------------------------------------------------
+
+    def region_of(self, gpa, length):
+        """The region holding [gpa, gpa+length) entirely, else GuestMemoryError."""
+        if length < 0:
+            raise GuestMemoryError(f"negative length {length}")
+        for region in self.regions:
+            if region.gpa <= gpa and gpa + length <= region.end:
+                return region
+        raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not RAM")
+
+    def contains(self, gpa, length=1):
+        return any(r.gpa <= gpa and gpa + length <= r.end for r in self.regions)
+
+    def view(self, gpa, length):
+        """A writable memoryview of guest RAM (no copy); valid until close()."""
+        region = self.region_of(gpa, length)
+        offset = gpa - region.gpa
+        return region.view[offset:offset + length]
+
+    def read(self, gpa, length):
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa, data):
+        self.view(gpa, len(data))[:] = data
+
+    def read_u32(self, gpa):
+        return struct.unpack_from("<I", self.view(gpa, 4))[0]
+
+    def read_u64(self, gpa):
+        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
+
+    def write_u32(self, gpa, value):
+        struct.pack_into("<I", self.view(gpa, 4), 0, value)
+
+    def write_u64(self, gpa, value):
+        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
+
+    def read_cstring(self, gpa, limit):
+        """A NUL-terminated string of at most `limit` bytes, clipped at the end of RAM."""
+        for region in self.regions:
+            if region.gpa <= gpa < region.end:
+                data = self.read(gpa, min(limit, region.end - gpa))
+                return data.split(b"\0", 1)[0]
+        raise GuestMemoryError(f"guest-physical address {gpa:#x} is not RAM")
+
+    @property
+    def size(self):
+        return sum(region.size for region in self.regions)
+
+    def close(self):
+        for region in self.regions:
+            region.close()
+        self.regions = []
+        self._slots = {}

@@ -1,0 +1,48 @@
+"""The few libc calls the VMM needs, through cffi in ABI mode (no fcntl.ioctl)."""
+import cffi
+
+import kvm_abi
+
+from .errors import KvmError
+
+_ffi = cffi.FFI()
+_ffi.include(kvm_abi.ffi)
+_ffi.cdef("""
+int ioctl(int fd, unsigned long request, ...);
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int munmap(void *addr, size_t length);
+""")
+libc = _ffi.dlopen(None)
+ffi = _ffi
+
+PROT_READ, PROT_WRITE = 0x1, 0x2
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
+MAP_FAILED = ffi.cast("void *", -1)
+_NO_ARG = ffi.cast("unsigned long", 0)
+
+
+def ioctl(fd, request, arg=_NO_ARG):
+    """ioctl(2) returning its non-negative result; raises KvmError naming the request.
+
+    arg is a cdata pointer or an integer; variadic calls in ABI mode need cdata.
+    """
+    if not isinstance(arg, ffi.CData):
+        arg = ffi.cast("unsigned long", arg)
+    result = libc.ioctl(fd, request, arg)
+    if result < 0:
+        raise KvmError(kvm_abi.IOCTL_NAMES.get(request, hex(request)), ffi.errno)
+    return result
+
+
+def mmap(length, prot, flags, fd=-1, offset=0):
+    """mmap(2) returning a void * cdata; raises OSError on failure."""
+    addr = libc.mmap(ffi.NULL, length, prot, flags, fd, offset)
+    if addr == MAP_FAILED:
+        errno = ffi.errno
+        raise OSError(errno, f"mmap of {length} bytes failed")
+    return addr
+
+
+def munmap(addr, length):
+    if libc.munmap(addr, length) != 0:
+        raise OSError(ffi.errno, "munmap failed")

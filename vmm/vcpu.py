@@ -1,0 +1,144 @@
+"""The vCPU file descriptor and its mapped struct kvm_run."""
+import errno
+import os
+import signal
+import threading
+
+import kvm_abi
+
+from . import exits
+from . import sys as _sys
+from .errors import KvmError
+
+# The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing;
+# interrupting the ioctl is the point).
+KICK_SIGNAL = signal.SIGUSR1
+
+_REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+
+
+def install_kick_handler():
+    """Install the no-op KICK_SIGNAL handler; must run on the main thread, once is enough."""
+    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+
+
+class Vcpu:
+    """A vCPU: ioctls on its fd plus the shared kvm_run page."""
+
+    def __init__(self, fd, vcpu_id, mmap_size):
+        self.fd = fd
+        self.id = vcpu_id
+        self._mmap_size = mmap_size
+        self._mapping = _sys.mmap(mmap_size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0)
+        self.run_struct = _sys.ffi.cast("struct kvm_run *", self._mapping)
+        self._view = memoryview(_sys.ffi.buffer(self._mapping, mmap_size))
+        self._thread_id = None
+        self._fd_run = fd
+
+    # -- running -------------------------------------------------------------
+
+    def run(self):
+        """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR)."""
+        if _sys.libc.ioctl(self._fd_run, kvm_abi.KVM_RUN, _sys.ffi.NULL) < 0:
+            error = _sys.ffi.errno
+            if error == errno.EINTR or error == errno.EAGAIN:
+                self.run_struct.immediate_exit = 0
+                return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
+            raise KvmError("KVM_RUN", error)
+        return exits.decode(self.run_struct, self._view)
+
+    def bind_thread(self):
+        """Record the calling thread as the one running this vCPU, so kick() can reach it."""
+        self._thread_id = threading.get_ident()
+
+    def kick(self):
+        """Make the running (or next) KVM_RUN return EINTR; callable from any thread."""
+        self.run_struct.immediate_exit = 1
+        if self._thread_id is not None:
+            try:
+                signal.pthread_kill(self._thread_id, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    # -- state ---------------------------------------------------------------
+
+    def get_regs(self):
+        regs = _sys.ffi.new("struct kvm_regs *")
+        _sys.ioctl(self.fd, kvm_abi.KVM_GET_REGS, regs)
+        return regs
+
+    def set_regs(self, regs):
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_REGS, regs)
+
+    def get_sregs(self):
+        sregs = _sys.ffi.new("struct kvm_sregs *")
+        _sys.ioctl(self.fd, kvm_abi.KVM_GET_SREGS, sregs)
+        return sregs
+
+    def set_sregs(self, sregs):
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_SREGS, sregs)
+
+    def regs_dict(self):
+        regs = self.get_regs()
+        return {name: getattr(regs, name) for name in _REG_NAMES}
+
+    def translate(self, linear_address):
+        """KVM_TRANSLATE: (physical address, valid, writeable) of a guest linear address."""
+        tr = _sys.ffi.new("struct kvm_translation *", {"linear_address": linear_address})
+        _sys.ioctl(self.fd, kvm_abi.KVM_TRANSLATE, tr)
+        return tr.physical_address, bool(tr.valid), bool(tr.writeable)
+
+    def set_cpuid(self, entries):
+        """KVM_SET_CPUID2 from a list of dicts as Kvm.supported_cpuid() returns."""
+        buf = _sys.ffi.new("char[]", _sys.ffi.sizeof("struct kvm_cpuid2")
+                           + len(entries) * _sys.ffi.sizeof("struct kvm_cpuid_entry2"))
+        cpuid = _sys.ffi.cast("struct kvm_cpuid2 *", buf)
+        cpuid.nent = len(entries)
+        for i, entry in enumerate(entries):
+            for name, value in entry.items():
+                setattr(cpuid.entries[i], name, value)
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_CPUID2, cpuid)
+
+    def set_guest_debug(self, enable=False, single_step=False, hw_breakpoints=(), dr7=None):
+        """KVM_SET_GUEST_DEBUG: single-step and/or up to four hardware execution breakpoints."""
+        if len(hw_breakpoints) > 4:
+            raise ValueError("at most four hardware breakpoints")
+        debug = _sys.ffi.new("struct kvm_guest_debug *")
+        control = 0
+        if enable or single_step or hw_breakpoints:
+            control |= kvm_abi.KVM_GUESTDBG_ENABLE
+        if single_step:
+            control |= kvm_abi.KVM_GUESTDBG_SINGLESTEP
+        if hw_breakpoints:
+            control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
+            enables = 0
+            for index, address in enumerate(hw_breakpoints):
+                debug.arch.debugreg[index] = address
+                enables |= 1 << (index * 2)  # Ln bit; R/W=00 (execute), LEN=00
+            debug.arch.debugreg[7] = enables if dr7 is None else dr7
+        debug.control = control
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_GUEST_DEBUG, debug)
+
+    def get_mp_state(self):
+        state = _sys.ffi.new("struct kvm_mp_state *")
+        _sys.ioctl(self.fd, kvm_abi.KVM_GET_MP_STATE, state)
+        return state.mp_state
+
+    # -- lifetime ------------------------------------------------------------
+
+    def close(self):
+        if self._mapping is not None:
+            self._view.release()
+            _sys.munmap(self._mapping, self._mmap_size)
+            self._mapping = self.run_struct = self._view = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
