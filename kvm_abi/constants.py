@@ -41,7 +41,6 @@ KVM_EXIT_XEN = 34
 KVM_EXIT_RISCV_SBI = 35
 KVM_EXIT_RISCV_CSR = 36
 KVM_EXIT_NOTIFY = 37
-# Added after the 6.1 uapi header this machine ships; values from 6.12.
 KVM_EXIT_LOONGARCH_IOCSR = 38
 KVM_EXIT_MEMORY_FAULT = 39
 
@@ -98,7 +97,7 @@ KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
-KVM_CAP_INTERNAL_ERROR_DATA = 165
+KVM_CAP_INTERNAL_ERROR_DATA = 40
 
 # The exec-trap extension (patches/): numbers chosen far above upstream's
 # ranges (6.12 ends at exit 39, capability 238, ioctl nr 0xd5).
@@ -107,3 +106,11 @@ KVM_CAP_EXEC_TRAP = 4096          # KVM_CHECK_EXTENSION returns the ABI version
 KVM_EXEC_TRAP_ABI_VERSION = 1
 KVM_EXEC_TRAP_SET = 1 << 0        # kvm_exec_trap.flags: mark; without it, clear
 KVM_EMULATE_GVA_VALID = 1 << 0    # kvm_run.emulate.flags
+
+# Names above that an older (6.1) <linux/kvm.h> lacks, and names only the
+# exec-trap patch's header defines (KVM_EXEC_TRAP_ABI_VERSION is the value the
+# capability reports, not a header macro).
+NEWER_THAN_6_1 = frozenset({"KVM_EXIT_LOONGARCH_IOCSR", "KVM_EXIT_MEMORY_FAULT"})
+PATCH_CONSTANTS = frozenset({"KVM_EXIT_EMULATE", "KVM_CAP_EXEC_TRAP", "KVM_EXEC_TRAP_SET",
+                             "KVM_EMULATE_GVA_VALID", "KVM_SET_EXEC_TRAP"})
+NOT_IN_HEADER = frozenset({"KVM_EXEC_TRAP_ABI_VERSION"})

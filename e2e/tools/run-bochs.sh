@@ -1,0 +1,33 @@
+#!/bin/sh
+# run-bochs.sh ISO SERIAL_LOG CPU_MODEL TIMEOUT_S MEGS
+# Boots ISO headless under Bochs; the guest console (COM1) goes to SERIAL_LOG.
+# Bounded by timeout(1); the exit status of Bochs itself is not meaningful
+# (a guest power-off ends it with status 1): the host checks the serial log.
+set -u
+iso=$1 log=$2 model=$3 tmo=$4 megs=${5:-512}
+dir=$(dirname "$log")
+base=$(basename "$log" .log)
+rc=$dir/$base.bochsrc
+dbg=$dir/$base.dbgrc
+cat > "$rc" <<EOR
+megs: $megs
+cpu: model=$model, count=1, ips=50000000, reset_on_triple_fault=0
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/vgabios/vgabios.bin
+ata0-master: type=cdrom, path=$iso, status=inserted
+boot: cdrom
+clock: sync=none, time0=local
+display_library: rfb, options="timeout=0"
+com1: enabled=1, mode=file, dev=$log
+log: $dir/$base.bochs.log
+panic: action=fatal
+error: action=report
+info: action=ignore
+debug: action=ignore
+EOR
+printf 'continue\nquit\n' > "$dbg"
+rm -f "$log"
+timeout -k 5 "$tmo" bochs -q -f "$rc" -rc "$dbg" </dev/null >"$dir/$base.bochs.out" 2>&1
+st=$?
+[ "$st" = 124 ] && echo "run-bochs: TIMEOUT after ${tmo}s" >> "$log"
+exit 0

@@ -1,0 +1,251 @@
+#!/bin/bash
+# Fetch Debian's kernel source and headers for one series, apply the patch
+# series to a pristine tree, run checkpatch and build the KVM modules.
+#
+# usage: kbuild.sh SERIES ACTION
+#   SERIES  6.12 | 6.1
+#   ACTION  fetch | checkpatch | build | check | modules
+#
+# Everything large lives under $CACHE (default /var/cache/v2e-kernel), never
+# in the repository.  Steps are stamped, so a second run with unchanged
+# patches only re-runs checkpatch and compares stamps.
+set -euo pipefail
+
+SERIES=${1:?series}
+ACTION=${2:?action}
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${CACHE:-/var/cache/v2e-kernel}
+JOBS=${JOBS:-$(nproc)}
+
+case "$SERIES" in
+6.12)
+	SRC_PKG=linux-source-6.12
+	SRC_VER=6.12.117-1~deb12u1
+	TARBALL=linux-source-6.12.tar.xz
+	KREL=6.12.117+deb12-amd64
+	;;
+6.1)
+	SRC_PKG=linux-source-6.1
+	SRC_VER=6.1.192-2
+	TARBALL=linux-source-6.1.tar.xz
+	KREL=6.1.0-56-amd64
+	;;
+*)
+	echo "kbuild.sh: unknown series '$SERIES' (6.12 or 6.1)" >&2
+	exit 2
+	;;
+esac
+HDR_PKG=linux-headers-$KREL
+# Debian builds both kernels with Debian's gcc 12 (see CONFIG_CC_VERSION_TEXT
+# in the headers' .config); the module must be built with the same compiler.
+KCC=${KCC:-x86_64-linux-gnu-gcc-12}
+
+PATCHDIR=$HERE/linux-$SERIES
+OUT=$HERE/out/linux-$SERIES
+TOP=$CACHE/$SERIES
+DEBS=$CACHE/debs
+PRISTINE=$TOP/pristine
+BUILD=$TOP/build
+HDR=$TOP/headers/usr/src/$HDR_PKG
+
+log() { printf '[%s %s] %s\n' "$SERIES" "$(date +%T)" "$*"; }
+
+need_tools() {
+	local missing=() t
+	for t in "$KCC" flex bison bc perl git patch dpkg-deb xz; do
+		command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+	done
+	[ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
+	[ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing build dependencies (${missing[*]})"
+		apt-get update -qq || true
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			gcc-12 flex bison bc perl git patch xz-utils libelf-dev \
+			libssl-dev >/dev/null
+	fi
+}
+
+deb_file() { # package version
+	local f
+	f=$(ls "$DEBS/${1}_${2//:/%3a}_"*.deb 2>/dev/null | head -n1 || true)
+	echo "$f"
+}
+
+fetch() {
+	mkdir -p "$DEBS"
+	local pkg ver
+	for pkg in "$SRC_PKG=$SRC_VER" "$HDR_PKG=$SRC_VER"; do
+		ver=${pkg#*=}
+		if [ -z "$(deb_file "${pkg%%=*}" "$ver")" ]; then
+			log "apt-get download $pkg"
+			(cd "$DEBS" && { apt-get download -q "$pkg" 2>/dev/null ||
+				{ apt-get update -qq && apt-get download -q "$pkg"; }; })
+		fi
+	done
+	if [ ! -e "$TOP/pristine.stamp" ]; then
+		log "extracting $SRC_PKG $SRC_VER"
+		rm -rf "$PRISTINE" "$TOP/srcdeb"
+		mkdir -p "$TOP/srcdeb"
+		dpkg-deb -x "$(deb_file "$SRC_PKG" "$SRC_VER")" "$TOP/srcdeb"
+		tar -C "$TOP" -xJf "$TOP/srcdeb/usr/src/$TARBALL"
+		mv "$TOP/${TARBALL%.tar.xz}" "$PRISTINE"
+		rm -rf "$TOP/srcdeb"
+		chmod -R a-w "$PRISTINE"
+		touch "$TOP/pristine.stamp"
+	fi
+	if [ ! -e "$TOP/headers.stamp" ]; then
+		log "extracting $HDR_PKG"
+		rm -rf "$TOP/headers"
+		mkdir -p "$TOP/headers"
+		dpkg-deb -x "$(deb_file "$HDR_PKG" "$SRC_VER")" "$TOP/headers"
+		touch "$TOP/headers.stamp"
+	fi
+}
+
+kmake() {
+	# KERNELRELEASE makes UTS_RELEASE, hence vermagic, match the Debian
+	# image; LOCALVERSION= keeps setlocalversion from appending '+'.
+	make -C "$BUILD" -j"$JOBS" CC="$KCC" HOSTCC=gcc \
+		LOCALVERSION= KERNELRELEASE="$KREL" "$@"
+}
+
+# Warnings as "file: message", without line/column numbers, so that the
+# unpatched and the patched build can be compared although lines move.
+warnings() {
+	grep -E '(warning|error):' "$1" |
+		sed -E 's/:[0-9]+:[0-9]+:/:/; s/:[0-9]+:/:/' | sort -u || true
+}
+
+prepare_build_tree() {
+	if [ -e "$TOP/build.stamp" ]; then
+		return
+	fi
+	log "creating build tree (copy of the pristine tree)"
+	rm -rf "$BUILD" "$TOP/applied"
+	cp -a "$PRISTINE" "$BUILD"
+	chmod -R u+w "$BUILD"
+	cp "$HDR/.config" "$HDR/Module.symvers" "$BUILD/"
+	log "olddefconfig + modules_prepare"
+	kmake -s olddefconfig >"$TOP/prepare.log" 2>&1
+	kmake -s modules_prepare >>"$TOP/prepare.log" 2>&1
+	local rel
+	rel=$(sed -n 's/.*UTS_RELEASE "\(.*\)"/\1/p' \
+		"$BUILD/include/generated/utsrelease.h")
+	if [ "$rel" != "$KREL" ]; then
+		echo "UTS_RELEASE is '$rel', expected '$KREL'" >&2
+		exit 1
+	fi
+	log "baseline: unpatched W=1 build of arch/x86/kvm"
+	local t0=$SECONDS
+	kmake W=1 M=arch/x86/kvm modules >"$TOP/baseline.log" 2>&1
+	log "baseline build took $((SECONDS - t0)) s"
+	warnings "$TOP/baseline.log" >"$TOP/baseline.warnings"
+	touch "$TOP/build.stamp"
+}
+
+series_hash() {
+	cat "$PATCHDIR"/*.patch | sha256sum | cut -d' ' -f1
+}
+
+checkpatch() {
+	local h out
+	h=$(series_hash)
+	if [ "$(cat "$TOP/checkpatch.ok" 2>/dev/null)" = "$h" ]; then
+		log "checkpatch: unchanged series, passed before"
+		return
+	fi
+	out=$(cd "$PRISTINE" && perl scripts/checkpatch.pl --strict \
+		"$PATCHDIR"/*.patch 2>&1) || true
+	echo "$out" | grep -E '^(total:|ERROR|WARNING|CHECK)' || true
+	if echo "$out" | grep -E '^total:' | grep -vq '^total: 0 errors, 0 warnings'; then
+		echo "checkpatch: errors or warnings in the $SERIES series" >&2
+		exit 1
+	fi
+	echo "$h" >"$TOP/checkpatch.ok"
+}
+
+# Apply the series to the build tree.  Files changed by a previously applied
+# series are restored from the pristine tree first, so the series always
+# applies to pristine sources.
+apply_series() {
+	local f
+	log "git apply --check against the pristine tree"
+	(cd "$PRISTINE" && git apply --check "$PATCHDIR"/*.patch)
+	if [ -d "$TOP/applied" ]; then
+		for f in $(cd "$TOP/applied" && cat ./*.patch |
+			sed -n 's|^+++ b/||p' | sort -u); do
+			if [ -e "$PRISTINE/$f" ]; then
+				cp "$PRISTINE/$f" "$BUILD/$f"
+				chmod u+w "$BUILD/$f"
+			else
+				rm -f "$BUILD/$f"
+			fi
+		done
+		rm -rf "$TOP/applied"
+	fi
+	log "git apply"
+	(cd "$BUILD" && git apply --check "$PATCHDIR"/*.patch &&
+		git apply "$PATCHDIR"/*.patch)
+	mkdir -p "$TOP/applied"
+	cp "$PATCHDIR"/*.patch "$TOP/applied/"
+}
+
+build() {
+	local h t0
+	h=$(series_hash)
+	prepare_build_tree
+	if [ "$(cat "$TOP/built.hash" 2>/dev/null)" = "$h" ] &&
+		[ -e "$BUILD/arch/x86/kvm/kvm.ko" ]; then
+		log "build: unchanged series, modules up to date"
+		return
+	fi
+	rm -f "$TOP/built.hash"
+	apply_series
+	log "patched W=1 build of arch/x86/kvm"
+	t0=$SECONDS
+	if ! kmake W=1 M=arch/x86/kvm modules >"$TOP/patched.log" 2>&1; then
+		tail -n 40 "$TOP/patched.log" >&2
+		exit 1
+	fi
+	log "patched build took $((SECONDS - t0)) s"
+	warnings "$TOP/patched.log" >"$TOP/patched.warnings"
+	if comm -13 "$TOP/baseline.warnings" "$TOP/patched.warnings" |
+		grep .; then
+		echo "new compiler warnings in the $SERIES series (above)" >&2
+		exit 1
+	fi
+	log "no new warnings ($(wc -l <"$TOP/baseline.warnings") before," \
+		"$(wc -l <"$TOP/patched.warnings") after)"
+	echo "$h" >"$TOP/built.hash"
+}
+
+modules() {
+	local m v
+	build
+	mkdir -p "$OUT"
+	for m in kvm kvm-intel kvm-amd; do
+		# Debian ships its modules without debug info, as
+		# INSTALL_MOD_STRIP=1 does.
+		strip --strip-debug -o "$OUT/$m.ko" "$BUILD/arch/x86/kvm/$m.ko"
+		v=$(modinfo -F vermagic "$OUT/$m.ko" 2>/dev/null ||
+			strings "$OUT/$m.ko" | sed -n 's/^vermagic=//p')
+		case "$v" in
+		"$KREL "*) ;;
+		*) echo "$m.ko: vermagic '$v' does not start with $KREL" >&2
+			exit 1 ;;
+		esac
+	done
+	echo "$KREL" >"$OUT/KERNELRELEASE"
+	log "modules for $KREL in ${OUT#"$HERE"/}"
+}
+
+need_tools
+case "$ACTION" in
+fetch) fetch ;;
+checkpatch) fetch; checkpatch ;;
+build) fetch; build ;;
+check) fetch; checkpatch; build ;;
+modules) fetch; modules ;;
+*) echo "unknown action $ACTION" >&2; exit 2 ;;
+esac

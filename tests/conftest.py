@@ -1,0 +1,98 @@
+"""Shared fixtures: KVM availability, machines with teardown, and running guest images."""
+import io
+import os
+import pathlib
+
+import pytest
+
+from vmm.devices.serial import SerialInput
+from vmm.errors import KvmUnavailable
+from vmm.machine import Machine
+from vmm.system import Kvm
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GUESTS = ROOT / "guest_images"
+
+
+def _kvm_problem():
+    try:
+        Kvm().close()
+    except KvmUnavailable as error:
+        return str(error)
+    return None
+
+
+KVM_PROBLEM = _kvm_problem()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `kvm` need /dev/kvm: skip them without it, or fail when VMM_REQUIRE_KVM=1."""
+    if KVM_PROBLEM is None:
+        return
+    if os.environ.get("VMM_REQUIRE_KVM") == "1":
+        raise pytest.UsageError(f"VMM_REQUIRE_KVM=1 but KVM is unusable: {KVM_PROBLEM}")
+    skip = pytest.mark.skip(reason=f"needs /dev/kvm: {KVM_PROBLEM}")
+    for item in items:
+        if "kvm" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kvm: the test runs guests on /dev/kvm")
+
+
+class GuestRun:
+    """What one guest run produced."""
+
+    def __init__(self, machine, outcome, output):
+        self.machine = machine
+        self.outcome = outcome
+        self.output = output
+        self.reports = [call.args for call in machine.ucalls.reports]
+
+    def expect(self, kind, exit_status=None):
+        """Assert how the run ended; the failure names the expected and the actual outcome."""
+        actual = self.outcome
+        detail = f"\n{actual.report}" if actual.report else ""
+        assert actual.kind == kind, (
+            f"expected the run to end with {kind!r}, got {actual.kind!r}: {actual.message}{detail}\n"
+            f"serial output: {self.output!r}")
+        if exit_status is not None:
+            assert actual.exit_status == exit_status, (
+                f"expected exit status {exit_status}, got {actual.exit_status} ({actual.message})")
+        return self
+
+
+@pytest.fixture
+def machine():
+    """A Machine factory; every machine it made is closed at teardown."""
+    made = []
+
+    def make(**kwargs):
+        kwargs.setdefault("serial_output", io.BytesIO())
+        made.append(Machine(**kwargs))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+@pytest.fixture
+def run_guest(machine):
+    """Boot guest_images/NAME.bin in MODE and return a GuestRun.
+
+    A guest assertion reported through the ucall port fails the test with the
+    guest's message.
+    """
+    def run(name, mode, timeout=10.0, serial_input=None, allow_assert=False, **machine_kwargs):
+        output = io.BytesIO()
+        source = SerialInput(io.BytesIO(serial_input)) if serial_input is not None else None
+        vm = machine(serial_output=output, serial_input=source, **machine_kwargs)
+        vm.load((GUESTS / f"{name}.bin").read_bytes(), mode=mode)
+        outcome = vm.run(timeout=timeout)
+        if outcome.kind == "guest-assert" and not allow_assert:
+            pytest.fail(f"{name}: {outcome.message}")
+        return GuestRun(vm, outcome, output.getvalue())
+
+    return run

@@ -1,0 +1,161 @@
+"""The `vmm` command line."""
+import argparse
+import os
+import signal
+import sys
+
+from . import __doc__ as package_doc
+from . import cpu
+from .devices.serial import SerialInput
+from .errors import EXIT_BAD_INPUT, BadInput, VmmError
+from .loader import read_image
+from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
+
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text):
+    """'128M', '1G', '65536', '0x10000' -> bytes."""
+    stripped = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = stripped[-1:] if stripped[-1:] in "KMG" else ""
+    try:
+        number = int(stripped[:len(stripped) - len(suffix)], 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 64M, 1G, 0x100000)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return number * _SIZE_SUFFIXES[suffix]
+
+
+def parse_address(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r} (examples: 0x7c00, 1048576)") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"address {text!r} is out of range")
+    return value
+
+
+def parse_timeout(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r} (seconds, e.g. 5 or 0.5)") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"timeout must be positive, got {text!r}")
+    return value
+
+
+def parse_serial(text):
+    if text == "stdio" or text == "none":
+        return text
+    if text.startswith("file:") and len(text) > 5:
+        return text
+    raise argparse.ArgumentTypeError(f"invalid serial backend {text!r} (stdio, none or file:PATH)")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadInput(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser():
+    parser = _Parser(prog="vmm", description=package_doc)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    run = commands.add_parser("run", help="boot a guest image")
+    run.add_argument("image", help="the guest image (a flat binary)")
+    run.add_argument("--mode", choices=cpu.MODES, default="long", help="CPU mode at entry (default: long)")
+    run.add_argument("--load-addr", type=parse_address, metavar="ADDR",
+                     help="guest-physical load address (default: 0x7c00 real, 0x100000 otherwise)")
+    run.add_argument("--entry", type=parse_address, metavar="ADDR", help="entry point (default: load address)")
+    run.add_argument("--mem", type=parse_size, default=DEFAULT_MEM, metavar="SIZE",
+                     help=f"guest RAM (default: {DEFAULT_MEM >> 20}M, at most {MAX_MEM >> 30}G)")
+    run.add_argument("--serial", type=parse_serial, default="stdio", metavar="BACKEND",
+                     help="COM1 output: stdio, none or file:PATH (default: stdio)")
+    run.add_argument("--serial-input", metavar="PATH",
+                     help="COM1 input: a file, or - for stdin (default: none)")
+    run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS", help="stop the guest after this long")
+    run.add_argument("--verbose", "-v", action="store_true", help="report the run's end and unclaimed accesses")
+    run.set_defaults(handler=command_run)
+    return parser
+
+
+def _open_serial_output(spec, stack):
+    if spec == "stdio":
+        return sys.stdout.buffer
+    if spec == "none":
+        return None
+    path = spec[len("file:"):]
+    try:
+        return stack.enter_context(open(path, "wb"))
+    except OSError as error:
+        raise BadInput(f"{path}: cannot write serial output: {error.strerror}") from None
+
+
+def _open_serial_input(path, stack):
+    if path is None:
+        return None
+    if path == "-":
+        return SerialInput(sys.stdin.buffer)
+    try:
+        return SerialInput(stack.enter_context(open(path, "rb")))
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read serial input: {error.strerror}") from None
+
+
+def _print_unclaimed(machine):
+    for title, counter in (("unclaimed port reads", machine.ports.unclaimed_reads),
+                           ("unclaimed port writes", machine.ports.unclaimed_writes),
+                           ("unclaimed MMIO reads", machine.mmio.unclaimed_reads),
+                           ("unclaimed MMIO writes", machine.mmio.unclaimed_writes)):
+        if counter:
+            items = ", ".join(f"{key:#x}: {count}" if isinstance(key, int) else f"{key}: {count}"
+                              for key, count in sorted(counter.items(), key=lambda kv: str(kv[0])))
+            print(f"vmm: {title}: {items}", file=sys.stderr)
+
+
+def command_run(args):
+    from contextlib import ExitStack
+    with ExitStack() as stack:
+        output = _open_serial_output(args.serial, stack)
+        serial_input = _open_serial_input(args.serial_input, stack)
+        machine = stack.enter_context(Machine(args.mem, output, serial_input,
+                                              kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm")))
+        image = read_image(args.image, args.mem)
+        machine.load(image, args.mode, args.load_addr, args.entry)
+        outcome = machine.run(args.timeout)
+        if outcome.report:
+            print(outcome.report, file=sys.stderr)
+        if outcome.kind not in ("halt", "test-exit", "done") or args.verbose:
+            print(f"vmm: {outcome.message}", file=sys.stderr)
+        if args.verbose:
+            _print_unclaimed(machine)
+        return outcome.exit_status
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def main(argv=None):
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except VmmError as error:
+        print(f"vmm: {error}", file=sys.stderr)
+        return error.exit_status
+    except (KeyboardInterrupt, Terminated):
+        print("vmm: interrupted before the guest started", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # stdout closed under us (e.g. `vmm run ... | head`): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BAD_INPUT
+    except Exception as error:  # noqa: BLE001 - a VMM bug: one line, no traceback
+        print(f"vmm: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
