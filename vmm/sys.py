@@ -1,4 +1,6 @@
 """The few libc calls the VMM needs, through cffi in ABI mode (no fcntl.ioctl)."""
+import os
+
 import cffi
 
 import kvm_abi
@@ -46,3 +48,21 @@ def mmap(length, prot, flags, fd=-1, offset=0):
 def munmap(addr, length):
     if libc.munmap(addr, length) != 0:
         raise OSError(ffi.errno, "munmap failed")
+
+
+class FileDescriptor:
+    """Owns one file descriptor: close() closes it once; usable as a context manager."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

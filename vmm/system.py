@@ -11,7 +11,7 @@ from .vm import Vm
 KVM_DEVICE = "/dev/kvm"
 
 
-class Kvm:
+class Kvm(_sys.FileDescriptor):
     """An open /dev/kvm."""
 
     def __init__(self, path=KVM_DEVICE):
@@ -59,14 +59,3 @@ class Kvm:
 
     def create_vm(self):
         return Vm(_sys.ioctl(self.fd, kvm_abi.KVM_CREATE_VM, 0), self)
-
-    def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -1,6 +1,5 @@
 """The vCPU file descriptor and its mapped struct kvm_run."""
 import errno
-import os
 import signal
 import threading
 
@@ -24,24 +23,23 @@ def install_kick_handler():
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
 
 
-class Vcpu:
+class Vcpu(_sys.FileDescriptor):
     """A vCPU: ioctls on its fd plus the shared kvm_run page."""
 
     def __init__(self, fd, vcpu_id, mmap_size):
-        self.fd = fd
+        super().__init__(fd)
         self.id = vcpu_id
         self._mmap_size = mmap_size
         self._mapping = _sys.mmap(mmap_size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0)
         self.run_struct = _sys.ffi.cast("struct kvm_run *", self._mapping)
         self._view = memoryview(_sys.ffi.buffer(self._mapping, mmap_size))
         self._thread_id = None
-        self._fd_run = fd
 
     # -- running -------------------------------------------------------------
 
     def run(self):
         """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR)."""
-        if _sys.libc.ioctl(self._fd_run, kvm_abi.KVM_RUN, _sys.ffi.NULL) < 0:
+        if _sys.libc.ioctl(self.fd, kvm_abi.KVM_RUN, _sys.ffi.NULL) < 0:
             error = _sys.ffi.errno
             if error == errno.EINTR or error == errno.EAGAIN:
                 self.run_struct.immediate_exit = 0
@@ -133,12 +131,4 @@ class Vcpu:
             self._view.release()
             _sys.munmap(self._mapping, self._mmap_size)
             self._mapping = self.run_struct = self._view = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()

@@ -7,11 +7,11 @@ from . import sys as _sys
 from .vcpu import Vcpu
 
 
-class Vm:
+class Vm(_sys.FileDescriptor):
     """A KVM virtual machine (the fd KVM_CREATE_VM returned)."""
 
     def __init__(self, fd, kvm):
-        self.fd = fd
+        super().__init__(fd)
         self.kvm = kvm
 
     def check_extension(self, capability):
@@ -52,14 +52,3 @@ class Vm:
         except BaseException:
             os.close(fd)
             raise
-
-    def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
