@@ -1,29 +1,21 @@
-/* Long mode: millions of writes to COM1. First FLOOD_PAGES rep outsb of a
- * 4 KiB pattern (each 4095 'A' and a newline), then SINGLE_WRITES single
- * `out`s of 'x', one exit each; then halt. */
+/* Long mode: an endless flood of single-byte `out`s to COM1 (one exit each,
+ * on every host), a 64-byte line of 'x' and a newline again and again; only a
+ * timeout or a signal ends it. */
         .code64
         .set COM1, 0x3f8
-        .set FLOOD_PAGES, 1024
-        .set SINGLE_WRITES, 100000
         .globl _start
 _start:
         cld
         mov $COM1, %dx
-        mov $FLOOD_PAGES, %r8d
 1:
-        mov $pattern, %esi
-        mov $4096, %ecx
-        rep outsb
-        dec %r8d
-        jnz 1b
-        mov $SINGLE_WRITES, %ecx
-        mov $'x', %al
+        mov $line, %esi
+        mov $line_end - line, %ecx
 2:
+        lodsb
         out %al, %dx
-        dec %ecx
-        jnz 2b
-        hlt
-        .balign 4096
-pattern:
-        .fill 4095, 1, 'A'
+        loop 2b
+        jmp 1b
+line:
+        .fill 63, 1, 'x'
         .byte '\n'
+line_end:

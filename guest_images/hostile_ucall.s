@@ -9,6 +9,7 @@
         .code64
         .set REPORT_FLOOD, 70000
         .set FLOOD_ADDRESSES, 0x400000
+        .set REPORTING_LINE, 1
         .globl _start
 _start:
         jmp main
@@ -34,7 +35,7 @@ assert_message:
         mov argument, %rax
         mov %rax, ucall_block+8
         movl $UCALL_ASSERT, ucall_block
-        movl $7, ucall_block+4
+        movl $REPORTING_LINE, ucall_block+4
         mov $UCALL_PORT, %dx
         mov $ucall_block, %eax
         out %eax, %dx
@@ -47,7 +48,7 @@ narrow_write:
         hlt
 report_flood:
         movl $UCALL_REPORT, ucall_block
-        movl $7, ucall_block+4
+        movl $REPORTING_LINE, ucall_block+4
         mov $FLOOD_ADDRESSES, %rdi
         mov $REPORT_FLOOD, %rcx
         mov $ucall_block, %eax

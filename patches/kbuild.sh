@@ -23,12 +23,15 @@ case "$SERIES" in
 	SRC_VER=6.12.117-1~deb12u1
 	TARBALL=linux-source-6.12.tar.xz
 	KREL=6.12.117+deb12-amd64
+	# CONFIG_CC_VERSION_TEXT of Debian's build
+	KCC=${KCC:-x86_64-linux-gnu-gcc-12}
 	;;
 6.1)
 	SRC_PKG=linux-source-6.1
 	SRC_VER=6.1.192-2
 	TARBALL=linux-source-6.1.tar.xz
 	KREL=6.1.0-56-amd64
+	KCC=${KCC:-gcc-12}
 	;;
 *)
 	echo "kbuild.sh: unknown series '$SERIES' (6.12 or 6.1)" >&2
@@ -36,9 +39,10 @@ case "$SERIES" in
 	;;
 esac
 HDR_PKG=linux-headers-$KREL
-# Debian builds both kernels with Debian's gcc 12 (see CONFIG_CC_VERSION_TEXT
-# in the headers' .config); the module must be built with the same compiler.
-KCC=${KCC:-x86_64-linux-gnu-gcc-12}
+IMG_PKG=linux-image-$KREL-unsigned
+# Debian builds both kernels with Debian's gcc 12, called by the name that
+# CONFIG_CC_VERSION_TEXT in the headers' .config shows; modules must be built
+# with the same compiler.
 
 PATCHDIR=$HERE/linux-$SERIES
 OUT=$HERE/out/linux-$SERIES
@@ -52,7 +56,8 @@ log() { printf '[%s %s] %s\n' "$SERIES" "$(date +%T)" "$*"; }
 
 need_tools() {
 	local missing=() t
-	for t in "$KCC" flex bison bc perl git patch dpkg-deb xz; do
+	for t in "$KCC" flex bison bc perl git patch dpkg-deb xz objcopy python3 \
+		pahole; do
 		command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 	done
 	[ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
@@ -62,7 +67,7 @@ need_tools() {
 		apt-get update -qq || true
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			gcc-12 flex bison bc perl git patch xz-utils libelf-dev \
-			libssl-dev >/dev/null
+			libssl-dev dwarves binutils python3 >/dev/null
 	fi
 }
 
@@ -75,7 +80,7 @@ deb_file() { # package version
 fetch() {
 	mkdir -p "$DEBS"
 	local pkg ver
-	for pkg in "$SRC_PKG=$SRC_VER" "$HDR_PKG=$SRC_VER"; do
+	for pkg in "$SRC_PKG=$SRC_VER" "$HDR_PKG=$SRC_VER" "$IMG_PKG=$SRC_VER"; do
 		ver=${pkg#*=}
 		if [ -z "$(deb_file "${pkg%%=*}" "$ver")" ]; then
 			log "apt-get download $pkg"
@@ -101,6 +106,20 @@ fetch() {
 		dpkg-deb -x "$(deb_file "$HDR_PKG" "$SRC_VER")" "$TOP/headers"
 		touch "$TOP/headers.stamp"
 	fi
+	if [ ! -e "$TOP/image.stamp" ]; then
+		log "extracting Debian's kvm modules from $IMG_PKG"
+		rm -rf "$TOP/image"
+		mkdir -p "$TOP/image"
+		dpkg-deb --fsys-tarfile "$(deb_file "$IMG_PKG" "$SRC_VER")" |
+			tar -C "$TOP/image" -x --wildcards '*/arch/x86/kvm/*'
+		touch "$TOP/image.stamp"
+	fi
+}
+
+# vermagic and modversions CRCs against Debian's linux-image of the release.
+abi_check() {
+	python3 "$HERE/modcheck.py" "$HDR/Module.symvers" \
+		"$TOP/image/lib/modules/$KREL/kernel/arch/x86/kvm" "$@"
 }
 
 kmake() {
@@ -134,6 +153,12 @@ prepare_build_tree() {
 		"$BUILD/include/generated/utsrelease.h")
 	if [ "$rel" != "$KREL" ]; then
 		echo "UTS_RELEASE is '$rel', expected '$KREL'" >&2
+		exit 1
+	fi
+	if ! cmp -s <(grep CONFIG_CC_VERSION_TEXT "$HDR/.config") \
+		<(grep CONFIG_CC_VERSION_TEXT "$BUILD/.config"); then
+		echo "compiler differs from Debian's:" \
+			"$(grep CONFIG_CC_VERSION_TEXT "$HDR/.config" "$BUILD/.config")" >&2
 		exit 1
 	fi
 	log "baseline: unpatched W=1 build of arch/x86/kvm"
@@ -184,11 +209,13 @@ apply_series() {
 		done
 		rm -rf "$TOP/applied"
 	fi
+	# Record the series before applying it: git apply is all or nothing,
+	# and restoring files that were not changed is harmless.
+	mkdir -p "$TOP/applied"
+	cp "$PATCHDIR"/*.patch "$TOP/applied/"
 	log "git apply"
 	(cd "$BUILD" && git apply --check "$PATCHDIR"/*.patch &&
 		git apply "$PATCHDIR"/*.patch)
-	mkdir -p "$TOP/applied"
-	cp "$PATCHDIR"/*.patch "$TOP/applied/"
 }
 
 build() {
@@ -198,6 +225,7 @@ build() {
 	if [ "$(cat "$TOP/built.hash" 2>/dev/null)" = "$h" ] &&
 		[ -e "$BUILD/arch/x86/kvm/kvm.ko" ]; then
 		log "build: unchanged series, modules up to date"
+		abi_check "$BUILD"/arch/x86/kvm/{kvm,kvm-intel,kvm-amd}.ko
 		return
 	fi
 	rm -f "$TOP/built.hash"
@@ -217,28 +245,32 @@ build() {
 	fi
 	log "no new warnings ($(wc -l <"$TOP/baseline.warnings") before," \
 		"$(wc -l <"$TOP/patched.warnings") after)"
+	abi_check "$BUILD"/arch/x86/kvm/{kvm,kvm-intel,kvm-amd}.ko
 	echo "$h" >"$TOP/built.hash"
 }
 
 modules() {
-	local m v
+	local m
 	build
+	rm -rf "$OUT"
 	mkdir -p "$OUT"
 	for m in kvm kvm-intel kvm-amd; do
 		# Debian ships its modules without debug info, as
 		# INSTALL_MOD_STRIP=1 does.
 		strip --strip-debug -o "$OUT/$m.ko" "$BUILD/arch/x86/kvm/$m.ko"
-		v=$(modinfo -F vermagic "$OUT/$m.ko" 2>/dev/null ||
-			strings "$OUT/$m.ko" | sed -n 's/^vermagic=//p')
-		case "$v" in
-		"$KREL "*) ;;
-		*) echo "$m.ko: vermagic '$v' does not start with $KREL" >&2
-			exit 1 ;;
-		esac
 	done
+	abi_check "$OUT"/{kvm,kvm-intel,kvm-amd}.ko
 	echo "$KREL" >"$OUT/KERNELRELEASE"
 	log "modules for $KREL in ${OUT#"$HERE"/}"
 }
+
+# One run per series at a time: concurrent runs would share the build tree.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/$SERIES.lock"
+if ! flock -n 9; then
+	log "waiting for another run on this series to finish"
+	flock 9
+fi
 
 need_tools
 case "$ACTION" in

@@ -5,13 +5,16 @@ import signal
 import sys
 
 from . import __doc__ as package_doc
-from . import cpu
+from . import cpu, doctor, loaders, pc
 from .devices.serial import SerialInput
-from .errors import EXIT_BAD_INPUT, BadInput, VmmError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput, VmmError
 from .loader import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated
+from .stats import ExitStats
+from .v2e import cli as v2e_cli
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
+MAX_SMP = 64
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -49,6 +52,16 @@ def parse_timeout(text):
     return value
 
 
+def parse_smp(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid vCPU count {text!r}") from None
+    if not 1 <= value <= MAX_SMP:
+        raise argparse.ArgumentTypeError(f"vCPU count must be between 1 and {MAX_SMP}, got {text!r}")
+    return value
+
+
 def parse_serial(text):
     if text == "stdio" or text == "none":
         return text
@@ -67,11 +80,24 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser("run", help="boot a guest image")
-    run.add_argument("image", help="the guest image (a flat binary)")
-    run.add_argument("--mode", choices=cpu.MODES, default="long", help="CPU mode at entry (default: long)")
+    run.add_argument("image", help="the guest image: a flat binary, a static ELF executable or a multiboot kernel")
+    run.add_argument("--format", choices=loaders.FORMATS, default="auto",
+                     help="image format (default: auto: multiboot header, else ELF magic, else flat)")
+    run.add_argument("--mode", choices=cpu.MODES,
+                     help="CPU mode at entry (default: long; ELF32 protected; multiboot always protected)")
     run.add_argument("--load-addr", type=parse_address, metavar="ADDR",
                      help="guest-physical load address (default: 0x7c00 real, 0x100000 otherwise)")
     run.add_argument("--entry", type=parse_address, metavar="ADDR", help="entry point (default: load address)")
+    run.add_argument("--machine", choices=pc.MACHINES,
+                     help="pc: in-kernel irqchip and PIT, fw_cfg, PCI, COM1 on IRQ 4 (default for ELF and "
+                          "multiboot); bare: RAM and the VMM's ports only (default for flat images)")
+    run.add_argument("--smp", type=parse_smp, default=1, metavar="N",
+                     help=f"number of vCPUs, 1-{MAX_SMP} (more than one needs --machine pc)")
+    run.add_argument("--append", default="", metavar="CMDLINE", help="multiboot kernel command line")
+    run.add_argument("--initrd", action="append", default=[], metavar="'FILE [ARGS]'",
+                     help="a multiboot module (repeatable, in order)")
+    run.add_argument("--stats", action="store_true", help="print exit statistics on stderr at the end")
+    run.add_argument("--stats-json", metavar="PATH", help="write exit statistics as JSON to PATH")
     run.add_argument("--mem", type=parse_size, default=DEFAULT_MEM, metavar="SIZE",
                      help=f"guest RAM (default: {DEFAULT_MEM >> 20}M, at most {MAX_MEM >> 30}G)")
     run.add_argument("--serial", type=parse_serial, default="stdio", metavar="BACKEND",
@@ -80,7 +106,12 @@ def build_parser():
                      help="COM1 input: a file, or - for stdin (default: none)")
     run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS", help="stop the guest after this long")
     run.add_argument("--verbose", "-v", action="store_true", help="report the run's end and unclaimed accesses")
+    v2e_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
+    check = commands.add_parser("doctor", help="check that this host can run the VMM")
+    check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
+    check.set_defaults(handler=doctor.command_doctor)
+    v2e_cli.add_trace_command(commands)
     return parser
 
 
@@ -118,16 +149,44 @@ def _print_unclaimed(machine):
             print(f"vmm: {title}: {items}", file=sys.stderr)
 
 
+def _open_stats_json(path, stack):
+    """Opened before the run, so a bad path fails before the guest runs."""
+    if path is None:
+        return None
+    try:
+        return stack.enter_context(open(path, "w"))
+    except OSError as error:
+        raise BadInput(f"{path}: cannot write statistics: {error.strerror}") from None
+
+
 def command_run(args):
     from contextlib import ExitStack
     with ExitStack() as stack:
         output = _open_serial_output(args.serial, stack)
         serial_input = _open_serial_input(args.serial_input, stack)
-        machine = stack.enter_context(Machine(args.mem, output, serial_input,
-                                              kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm")))
+        stats_json = _open_stats_json(args.stats_json, stack)
         image = read_image(args.image, args.mem)
-        machine.load(image, args.mode, args.load_addr, args.entry)
+        image_format = loaders.detect(image) if args.format == "auto" else args.format
+        machine_type = args.machine or ("bare" if image_format == "flat" else "pc")
+        if args.smp > 1 and machine_type != "pc":
+            raise BadInput("--smp needs --machine pc (the in-kernel LAPICs start the other vCPUs)")
+        modules = loaders.read_modules(args.initrd, args.mem)
+        machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
+                                              kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
+                                              machine_type=machine_type))
+        loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
+                     args.append, modules)
+        v2e_cli.attach(machine, args, stack)
+        exit_stats = None
+        if args.stats or args.stats_json:
+            exit_stats = ExitStats()
+            for loop in machine.loops:
+                exit_stats.attach(loop)
         outcome = machine.run(args.timeout)
+        if args.stats:
+            print(exit_stats.table(), file=sys.stderr)
+        if stats_json is not None:
+            exit_stats.write_json(stats_json)
         if outcome.report:
             print(outcome.report, file=sys.stderr)
         if outcome.kind not in ("halt", "test-exit", "done") or args.verbose:
@@ -143,15 +202,19 @@ def _raise_terminated(signum, frame):
 
 def main(argv=None):
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except VmmError as error:
         print(f"vmm: {error}", file=sys.stderr)
         return error.exit_status
-    except (KeyboardInterrupt, Terminated):
-        print("vmm: interrupted before the guest started", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("vmm: interrupted by SIGINT before the guest ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("vmm: interrupted by SIGTERM before the guest ran", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # stdout closed under us (e.g. `vmm run ... | head`): nothing more to say.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -3,8 +3,8 @@ import contextlib
 import threading
 import time
 
-from . import cpu, loader
-from .devices.bus import MmioBus, PortBus
+from . import cpu, loader, pc
+from .devices.bus import MmioBus, PortBus, SerializedDevice
 from .devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
 from .devices.serial import COM1_BASE, PORT_COUNT, Uart16550
 from .devices.ucall import UCALL_PORT, UcallPort
@@ -22,9 +22,30 @@ class Terminated(BaseException):
     """Raised in the main thread by the CLI's SIGTERM handler."""
 
 
+class _VcpuThread(threading.Thread):
+    """A vCPU's thread, whose end is an Event rather than is_alive(): in CPython 3.11 an
+    exception raised by a signal handler inside Thread.join(timeout) can mark a thread
+    that is still running as stopped, and the machine would be closed under it."""
+
+    def __init__(self, target, args, name):
+        super().__init__(target=target, args=args, name=name)
+        self.finished = threading.Event()
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.finished.set()
+
+    def running(self):
+        return self.ident is not None and not self.finished.is_set()
+
+
 class Machine:
     def __init__(self, mem_size=DEFAULT_MEM, serial_output=None, serial_input=None, vcpus=1,
-                 kvm_path="/dev/kvm"):
+                 kvm_path="/dev/kvm", machine_type="bare"):
+        if machine_type not in pc.MACHINES:
+            raise BadInput(f"unknown machine {machine_type!r}: choose one of {', '.join(pc.MACHINES)}")
         if not 0 < mem_size <= MAX_MEM or mem_size % 4096:
             raise BadInput(f"guest memory of {mem_size} bytes: must be a multiple of 4 KiB "
                            f"between 4 KiB and {MAX_MEM >> 30} GiB")
@@ -37,17 +58,25 @@ class Machine:
             self.memory = GuestMemory(self.vm)
             self._resources.callback(self.memory.close)
             self.memory.add_ram(0, mem_size)
+            self.machine_type = machine_type
+            if machine_type == "pc":
+                pc.create_chipset(self.vm)
             self.ports = PortBus()
             self.mmio = MmioBus()
-            self.serial = Uart16550(serial_output, serial_input)
+            self.serial = Uart16550(serial_output, serial_input,
+                                    pc.serial_irq(self.vm) if machine_type == "pc" else None)
             self._resources.callback(self.serial.flush)
-            self.ports.register(self.serial, COM1_BASE, PORT_COUNT)
+            self.ports.register(self.serial if vcpus == 1 else SerializedDevice(self.serial), COM1_BASE, PORT_COUNT)
             self.ports.register(DebugExit(self._test_exit), DEFAULT_IOBASE, DEFAULT_IOSIZE)
             self.ucalls = UcallPort(self.memory, self._guest_assert, self._guest_done, self._bad_ucall)
             self.ports.register(self.ucalls, UCALL_PORT, 4)
+            if machine_type == "pc":
+                pc.add_devices(self.ports, mem_size, vcpus)
             self.vcpus = []
             for vcpu_id in range(vcpus):
                 self.vcpus.append(self._resources.enter_context(self.vm.create_vcpu(vcpu_id)))
+            if machine_type == "pc":
+                pc.hold_application_processors(self.vcpus)
             self.loops = [RunLoop(self, vcpu) for vcpu in self.vcpus]
         except BaseException:
             self._resources.close()
@@ -66,12 +95,12 @@ class Machine:
             raise BadInput(f"entry point {entry:#x} is outside guest memory")
         self.setup_cpu(mode, entry, stack)
 
-    def setup_cpu(self, mode, entry, stack=None):
+    def setup_cpu(self, mode, entry, stack=None, extra_regs=None):
         stack = cpu.DEFAULT_STACK[mode] if stack is None else stack
         supported = self.kvm.supported_cpuid()
         for vcpu in self.vcpus:
             vcpu.set_cpuid(cpu.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
-        cpu.setup_mode(self.vcpus[0], self.memory, mode, entry, stack)
+        cpu.setup_mode(self.vcpus[0], self.memory, mode, entry, stack, extra_regs)
 
     # -- running -------------------------------------------------------------
 
@@ -88,18 +117,17 @@ class Machine:
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
         errors = []
-        threads = [threading.Thread(target=self._run_vcpu, args=(loop, errors), name=f"vcpu{loop.vcpu.id}")
-                   for loop in self.loops]
+        threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for thread in threads:
                 thread.start()
-            while any(thread.is_alive() for thread in threads):
+            while any(thread.running() for thread in threads):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     self.stop(timed_out(timeout))
                     break
-                threads[0].join(0.05 if remaining is None else min(0.05, remaining))
+                threads[0].finished.wait(0.05 if remaining is None else min(0.05, remaining))
                 if self.outcome is not None:
                     break
         except KeyboardInterrupt:
@@ -107,16 +135,27 @@ class Machine:
         except Terminated:
             self.stop(interrupted("SIGTERM"))
         finally:
-            if self.outcome is None:
-                self.stop(kvm_error("the run loop ended without an outcome"))
-            for thread in threads:
-                while thread.is_alive():
-                    self.stop(self.outcome)   # kick again: a kick can land between two KVM_RUNs
-                    thread.join(0.05)
-            self.serial.flush()
+            self._join_vcpus(threads)
         if errors:
             raise errors[0]
         return self.outcome
+
+    def _join_vcpus(self, threads):
+        """Stop and join every vCPU thread; a second SIGINT or SIGTERM must not abandon them
+        (they use guest memory and devices that close() releases)."""
+        if self.outcome is None:
+            self.stop(kvm_error("the run loop ended without an outcome"))
+        while any(thread.running() for thread in threads):
+            try:
+                for thread in threads:
+                    while thread.running():
+                        self.stop(self.outcome)   # kick again: a kick can land between two KVM_RUNs
+                        thread.finished.wait(0.05)
+                    if thread.ident is not None:
+                        thread.join()   # it has finished: only its return is left
+            except (KeyboardInterrupt, Terminated):
+                continue
+        self.serial.flush()
 
     def _run_vcpu(self, loop, errors):
         try:

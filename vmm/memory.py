@@ -43,6 +43,7 @@ class GuestMemory:
         self.regions = []
         self._slots = {}           # slot number -> (gpa, size, host_addr)
         self._unmapped = frozenset()
+        self._split_points = frozenset()
 
     # -- layout --------------------------------------------------------------
 
@@ -75,17 +76,22 @@ class GuestMemory:
     def unmapped_pages(self):
         return self._unmapped
 
+    def set_split_points(self, addresses):
+        """Page-aligned addresses where memslots always end, so that unmapping and remapping
+        the pages between two of them changes only the slots in between (few ioctls)."""
+        self._split_points = frozenset(addresses)
+        self._apply_layout()
+
     def _wanted_slots(self):
         """The memslots that cover all RAM except the unmapped pages."""
         wanted = []
+        holes = {page + PAGE_SIZE for page in self._unmapped}
         for region in self.regions:
-            start = region.gpa
-            for hole in sorted(p for p in self._unmapped if region.gpa <= p < region.end):
-                if hole > start:
-                    wanted.append((start, hole - start, region.host_addr + start - region.gpa))
-                start = hole + PAGE_SIZE
-            if start < region.end:
-                wanted.append((start, region.end - start, region.host_addr + start - region.gpa))
+            cuts = sorted({region.gpa, region.end} | {address for address in self._split_points | self._unmapped | holes
+                                                      if region.gpa < address < region.end})
+            for start, end in zip(cuts, cuts[1:]):
+                if start not in self._unmapped:
+                    wanted.append((start, end - start, region.host_addr + start - region.gpa))
         return wanted
 
     def _apply_layout(self):

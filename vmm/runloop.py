@@ -4,7 +4,7 @@ import kvm_abi as abi
 
 from . import report
 from .errors import (EXIT_GUEST_ASSERT, EXIT_INTERRUPTED, EXIT_KVM_ERROR, EXIT_OK,
-                     EXIT_TIMEOUT, EXIT_TRIPLE_FAULT)
+                     EXIT_TERMINATED, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT)
 
 
 class Outcome:
@@ -29,7 +29,7 @@ def timed_out(seconds):
 
 
 def interrupted(signame="SIGINT"):
-    return Outcome("interrupted", EXIT_INTERRUPTED if signame == "SIGINT" else 128 + 15,
+    return Outcome("interrupted", EXIT_INTERRUPTED if signame == "SIGINT" else EXIT_TERMINATED,
                    f"interrupted by {signame}")
 
 

@@ -13,6 +13,15 @@ from .errors import KvmError
 # interrupting the ioctl is the point).
 KICK_SIGNAL = signal.SIGUSR1
 
+# KVM_RUN through a fixed three-argument prototype of libc's ioctl: cffi
+# builds a fresh call interface for every call to a variadic function, which
+# costs more than the rest of the exit path. On x86-64 a pointer argument is
+# passed the same way to a variadic and a fixed-argument function.
+_run_ioctl = _sys.ffi.cast("int (*)(int, unsigned long, void *)", _sys.libc.ioctl)
+_KVM_RUN = kvm_abi.KVM_RUN
+_NULL = _sys.ffi.NULL
+_decode = exits.decode
+
 _REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 
@@ -39,13 +48,13 @@ class Vcpu(_sys.FileDescriptor):
 
     def run(self):
         """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR)."""
-        if _sys.libc.ioctl(self.fd, kvm_abi.KVM_RUN, _sys.ffi.NULL) < 0:
+        if _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
             error = _sys.ffi.errno
             if error == errno.EINTR or error == errno.EAGAIN:
                 self.run_struct.immediate_exit = 0
                 return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
             raise KvmError("KVM_RUN", error)
-        return exits.decode(self.run_struct, self._view)
+        return _decode(self.run_struct, self._view)
 
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
@@ -123,6 +132,9 @@ class Vcpu(_sys.FileDescriptor):
         state = _sys.ffi.new("struct kvm_mp_state *")
         _sys.ioctl(self.fd, kvm_abi.KVM_GET_MP_STATE, state)
         return state.mp_state
+
+    def set_mp_state(self, mp_state):
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_MP_STATE, _sys.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))
 
     # -- lifetime ------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kernel image helpers for the emulated-CPU boot.
 
-  kimage.py vmlinux VMLINUZ OUT        decompress a bzImage payload into the ELF vmlinux
+  kimage.py vmlinux VMLINUZ OUT        decompress a bzImage payload (xz or zstd) into the ELF vmlinux
   kimage.py pack STUB VMLINUX OUT      flat multiboot image: pvhstub page + kernel segments
   kimage.py modinfo KO FIELD           print a .modinfo field (e.g. depends, vermagic)
 
@@ -12,6 +12,7 @@ loader up to bss_end_addr.
 """
 import lzma
 import struct
+import subprocess
 import sys
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -33,7 +34,16 @@ def extract_vmlinux(src, dst):
             open(dst, "wb").write(out)
             return
         pos = data.find(magic, pos + 1)
-    sys.exit(f"{src}: no xz-compressed ELF payload found")
+    # zstd (Debian 6.12): no zstd in the 3.11 stdlib, use the zstd tool
+    magic = b"\x28\xb5\x2f\xfd"
+    pos = data.find(magic)
+    while pos >= 0:
+        p = subprocess.run(["zstd", "-dcq"], input=data[pos:], capture_output=True)
+        if p.stdout[:4] == b"\x7fELF":
+            open(dst, "wb").write(p.stdout)
+            return
+        pos = data.find(magic, pos + 1)
+    sys.exit(f"{src}: no xz- or zstd-compressed ELF payload found")
 
 
 def elf_segments(img):

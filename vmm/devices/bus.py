@@ -5,6 +5,7 @@ offsets relative to the base it was registered at. Unclaimed reads return
 all-ones and unclaimed writes are dropped, as on a PC.
 """
 import bisect
+import threading
 from collections import Counter
 
 # A hostile guest can touch any number of distinct MMIO addresses; keep the
@@ -22,6 +23,22 @@ def _bounded_count(counter, key):
         counter[key] += 1
     else:
         counter[OTHER_ADDRESSES] += 1
+
+
+class SerializedDevice:
+    """A device shared by several vCPU threads, accessed one read or write at a time."""
+
+    def __init__(self, device):
+        self._device = device
+        self._lock = threading.Lock()
+
+    def read(self, offset, size):
+        with self._lock:
+            return self._device.read(offset, size)
+
+    def write(self, offset, size, value):
+        with self._lock:
+            self._device.write(offset, size, value)
 
 
 class PortBus:
@@ -92,6 +109,12 @@ class MmioBus:
         index = bisect.bisect(self._starts, base)
         self._starts.insert(index, base)
         self._ranges.insert(index, (base, end, device))
+
+    def unregister(self, device):
+        """Remove every range `device` serves."""
+        kept = [entry for entry in self._ranges if entry[2] is not device]
+        self._ranges = kept
+        self._starts = [start for start, _, _ in kept]
 
     def find(self, address, length):
         index = bisect.bisect(self._starts, address) - 1

@@ -11,10 +11,15 @@ load_kvm() {
 		echo "E2E-SKIP set=$set_ reason=no-modules"
 		return 1
 	fi
-	insmod $d/irqbypass.ko || return 1
-	[ $vendor = amd ] && [ -f $d/ccp.ko ] && { insmod $d/ccp.ko || return 1; }
-	insmod $d/kvm.ko || return 1
-	insmod $d/kvm-$vendor.ko "$@" || return 1
+	t=""
+	for m in irqbypass ccp kvm kvm-$vendor; do
+		[ $m = ccp ] && { [ $vendor = amd ] && [ -f $d/ccp.ko ] || continue; }
+		a=$(cut -d' ' -f1 /proc/uptime)
+		if [ $m = kvm-$vendor ]; then insmod $d/$m.ko "$@"; else insmod $d/$m.ko; fi || {
+			echo "E2E-ERROR insmod $m failed"; return 1; }
+		t="$t $m=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
+	done
+	echo "E2E-INSMOD set=$set_$t"
 	if [ $vendor = intel ]; then
 		p=/sys/module/kvm_intel/parameters
 		echo "E2E-MODULES set=$set_ vendor=$vendor ept=$(cat $p/ept) unrestricted_guest=$(cat $p/unrestricted_guest) vpid=$(cat $p/vpid)"
@@ -42,4 +47,27 @@ run_case() {
 		echo "E2E-CASE-END name=$name rc=skip uptime=$(cut -d' ' -f1 /proc/uptime)"
 	fi
 	unload_kvm
+}
+
+# Tests run inside a case, $1 = patched|stock: the C program; the Python +
+# cffi smoke test (once per boot, and only when the harness is absent or the
+# plan sets PYSMOKE=always: the harness run proves Python + cffi as well);
+# the harness (`vmm doctor`, `vmm run --watch`) when it is in the image.
+kvm_tests() {
+	r=0
+	/e2e/kvmtest smoke || r=1
+	/e2e/kvmtest trap $1 || r=1
+	if [ -x /usr/bin/python3 ] && [ -f /e2e/kvm_smoke.py ] && [ ! -e /tmp/py-smoke.done ] &&
+	   { [ "${PYSMOKE:-}" = always ] || [ ! -d /opt/v2e/vmm ]; }; then
+		a=$(cut -d' ' -f1 /proc/uptime)
+		python3 /e2e/kvm_smoke.py $1 || r=1
+		echo "E2E-TIME py-smoke=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
+		touch /tmp/py-smoke.done
+	fi
+	if [ -x /usr/bin/python3 ] && [ -d /opt/v2e/vmm ]; then
+		a=$(cut -d' ' -f1 /proc/uptime)
+		python3 /e2e/vmmcheck.py $1 || r=1
+		echo "E2E-TIME vmm=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
+	fi
+	return $r
 }

@@ -1,0 +1,211 @@
+"""Run the harness (`vmm doctor`, `vmm run --watch`) and report E2E-VMM lines.
+
+Inside the emulated machine (after a case loaded the KVM modules):
+    python3 vmmcheck.py patched|stock
+On the host, to record the stock-backend reference the guest runs must match:
+    python3 vmmcheck.py --host-ref OUT.json
+
+The sample is the packed guest (guest_images/packed_long.bin): a loader that
+decrypts a payload into page 0x200000 and calls it once. Watching that page
+must give exactly one event at gpa=rip=0x200000; its output and exit status
+must equal the unwatched run's.
+"""
+import hashlib
+import json
+import os
+import re
+import tempfile
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.environ.get("V2E_TOP", "/opt/v2e")
+IMAGE = "guest_images/packed_long.bin"
+WATCH = 0x200000
+MODE = "long"
+
+
+def vmm(*args):
+    """Run `vmm ARGS...` in this process (the interpreter and cffi start once:
+    under emulation that is most of the cost), capturing fds 1 and 2."""
+    if TOP not in sys.path:
+        sys.path.insert(0, TOP)
+    os.chdir(TOP)
+    from vmm.cli import main as vmm_main
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
+    try:
+        try:
+            status = vmm_main(list(args))
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else 1
+        except BaseException as e:  # report, do not die: the other checks still run
+            status = f"exception:{type(e).__name__}"
+            sys.stderr.write(f"vmmcheck: {e!r}\n")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+    out.seek(0)
+    err.seek(0)
+    return status, out.read(), err.read().decode(errors="replace")
+
+
+def run_sample(backend=None, tag="x"):
+    args = ["run", IMAGE, "--mode", MODE]
+    info = {}
+    if backend:
+        trace, stats = f"/tmp/{tag}.trace.jsonl", f"/tmp/{tag}.stats.json"
+        for f in (trace, stats):
+            if os.path.exists(f):
+                os.unlink(f)
+        args += ["--watch", hex(WATCH), "--backend", backend, "--trace", trace, "--stats-json", stats]
+    status, out, err = vmm(*args)
+    info.update(status=status, output_sha256=hashlib.sha256(out).hexdigest()[:16], stderr=err)
+    if backend:
+        m = re.search(r"(\d+) events?, (\d+) instructions? traced \((\w+) backend\)", err)
+        if m:
+            info.update(events=int(m.group(1)), traced=int(m.group(2)), used=m.group(3))
+        evs, rips = [], []
+        if os.path.exists(trace):
+            for line in open(trace):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("type") == "event":
+                    evs.append((rec.get("gpa"), rec.get("rip")))
+                elif rec.get("type") == "insn" and rec.get("event") == 1:
+                    rips.append(int(rec["rip"], 16))
+        info["trace_events"] = evs
+        info["rips"] = rips
+        try:
+            exits = json.load(open(stats)).get("exits", {})
+        except (OSError, ValueError):
+            exits = None
+        if exits is not None:
+            info["emulate_exits"] = sum(v for k, v in exits.items() if "EMULATE" in str(k) or str(k) == "4096")
+            info["exits"] = exits
+    return info
+
+
+def emit(name, fields, problems):
+    for p in problems:
+        print(f"E2E-ERROR vmm {name}: {p}")
+    kv = " ".join(f"{k}={v}" for k, v in fields.items())
+    print(f"E2E-VMM {name} {kv} verdict={'FAIL' if problems else 'PASS'}", flush=True)
+    return not problems
+
+
+def doctor(expect):
+    status, out, err = vmm("doctor", "--json")
+    problems = []
+    try:
+        checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    except (ValueError, KeyError):
+        checks = {}
+        problems.append(f"doctor output is not JSON (status {status}): {err.strip()[-200:]}")
+    patch = checks.get("v2e-patch", {}).get("status", "?")
+    if expect == "patched" and patch != "PASS":
+        problems.append(f"doctor does not detect the patch: {checks.get('v2e-patch')}")
+    if expect == "stock" and patch == "PASS":
+        problems.append("doctor reports the patch under the stock module")
+    fails = [n for n, c in checks.items() if c.get("status") == "FAIL"]
+    if fails:
+        problems.append("doctor checks failed: " + ",".join(fails))
+    return emit("doctor", {"v2e_patch": patch, "status": status}, problems)
+
+
+def rips_text(rips):
+    return ",".join("%x" % (r - WATCH) for r in rips)
+
+
+def sample(expect):
+    problems = []
+    # the unwatched run does not depend on the module: once per boot
+    cache = "/tmp/vmmcheck-plain.json"
+    if os.path.exists(cache):
+        plain = json.load(open(cache))
+    else:
+        plain = run_sample(None, "plain")
+        json.dump(plain, open(cache, "w"))
+    fields = {}
+    if expect == "patched":
+        w = run_sample("patched", "patched")
+    else:
+        # negative control: --backend patched must be refused with a clear message
+        r = run_sample("patched", "refused")
+        refused = r["status"] != 0 and re.search(r"exec-trap|KVM_CAP_EXEC_TRAP", r["stderr"])
+        fields["refused"] = "yes" if refused else "no"
+        if not refused:
+            problems.append(f"--backend patched not refused (status {r['status']}): {r['stderr'].strip()[-200:]}")
+        else:
+            msg = [l for l in r["stderr"].splitlines() if "exec-trap" in l or "KVM_CAP_EXEC_TRAP" in l]
+            print("E2E-VMM-REFUSED " + (msg[0] if msg else ""))
+        # For information only (not part of the verdict): the stock backend on
+        # this (real, nested) kvm module.
+        w = run_sample("stock", "stock")
+        fields.update(stock_backend_status=w["status"], stock_backend_events=w.get("events", "?"),
+                      stock_backend_traced=w.get("traced", "?"))
+        if w["status"] != plain["status"]:
+            print("E2E-NOTE stock backend inside the guest: status %s (unwatched %s): %s" % (
+                w["status"], plain["status"], w["stderr"].strip().replace("\n", " | ")[-300:]))
+        fields.update(unwatched_status=plain["status"], emulate_exits=w.get("emulate_exits", "?"))
+        if w.get("emulate_exits") not in (None, 0):
+            problems.append(f"{w['emulate_exits']} KVM_EXIT_EMULATE exits under the stock module")
+        return emit("packed-negative", fields, problems)
+    fields.update(backend=w.get("used", "?"), status=w["status"], unwatched_status=plain["status"],
+                  output_sha256=w["output_sha256"], events=w.get("events", "?"),
+                  traced=w.get("traced", "?"), emulate_exits=w.get("emulate_exits", "?"))
+    if w.get("trace_events"):
+        fields["gpa"], fields["rip"] = w["trace_events"][0]
+    if w["status"] != plain["status"] or w["output_sha256"] != plain["output_sha256"]:
+        problems.append("watched run differs from the unwatched run (status %s vs %s, output %s vs %s)" % (
+            w["status"], plain["status"], w["output_sha256"], plain["output_sha256"]))
+    if w.get("events") != 1 or len(w.get("trace_events", [])) != 1:
+        problems.append(f"expected exactly 1 event, got {w.get('events')} ({w.get('trace_events')})")
+    elif tuple(int(v, 16) for v in w["trace_events"][0]) != (WATCH, WATCH):
+        problems.append(f"event at gpa/rip {w['trace_events'][0]}, wanted {WATCH:#x}/{WATCH:#x}")
+    if w.get("used") != "patched":
+        problems.append(f"{w.get('used')} backend used: {w['stderr'].strip()[-200:]}")
+    if w.get("emulate_exits") != 1:
+        problems.append(f"{w.get('emulate_exits')} KVM_EXIT_EMULATE exits, wanted 1 ({w.get('exits')})")
+    if w["status"] != plain["status"]:
+        print("E2E-NOTE vmm stderr: " + w["stderr"].strip().replace("\n", " | ")[-300:])
+    print(f"E2E-VMM-RIPS packed n={len(w.get('rips', []))} rips={rips_text(w.get('rips', []))}")
+    return emit("packed", fields, problems)
+
+
+def host_ref(path):
+    plain = run_sample(None, "host-plain")
+    w = run_sample("stock", "host-stock")
+    ref = {"packed": {"status": w["status"], "output_sha256": w["output_sha256"],
+                      "rips": rips_text(w.get("rips", [])),
+                      "events": w.get("events"), "traced": w.get("traced"),
+                      "unwatched_status": plain["status"],
+                      "unwatched_output_sha256": plain["output_sha256"]}}
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=1)
+    print(f"host stock-backend reference: {ref['packed']}")
+    ok = (w.get("events") == 1 and w["status"] == plain["status"]
+          and w["output_sha256"] == plain["output_sha256"])
+    return ok
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--host-ref":
+        return 0 if host_ref(sys.argv[2]) else 1
+    expect = sys.argv[1] if len(sys.argv) > 1 else "patched"
+    ok = doctor(expect)
+    ok = sample(expect) and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

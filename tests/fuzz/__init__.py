@@ -1,0 +1,1 @@
+"""Random byte strings as guests: every run must end in a classified outcome."""

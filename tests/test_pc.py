@@ -1,0 +1,78 @@
+"""The minimal PC: fw_cfg and PCI as QEMU answers them, the in-kernel chipset, COM1 on IRQ 4."""
+import struct
+
+import pytest
+
+from vmm.devices.fw_cfg import FwCfg, pc_items
+from vmm.devices.pci import EmptyPciHost
+from vmm.devices.serial import IER_DLM, IER_THRI, IIR_FCR
+from vmm.errors import BadInput
+
+SELECTOR, DATA = 0, 1
+
+
+def read_item(device, key, length):
+    device.write(SELECTOR, 2, key)
+    return bytes(device.read(DATA, 1) for _ in range(length))
+
+
+def test_fw_cfg_items_as_qemu_defines_them():
+    device = FwCfg(pc_items(128 << 20, 4))
+    assert read_item(device, 0x00, 4) == b"QEMU"
+    assert read_item(device, 0x01, 4) == struct.pack("<I", 1)     # traditional interface, no DMA
+    assert read_item(device, 0x03, 8) == struct.pack("<Q", 128 << 20)
+    assert read_item(device, 0x05, 2) == struct.pack("<H", 4)
+    assert read_item(device, 0x19, 4) == b"\0\0\0\0"               # an empty file directory
+
+
+def test_fw_cfg_reads_past_the_end_or_of_unknown_items_are_zero():
+    device = FwCfg(pc_items(64 << 20, 1))
+    assert read_item(device, 0x05, 4) == b"\x01\x00\x00\x00"
+    assert read_item(device, 0x1234, 3) == b"\0\0\0"
+
+
+def test_fw_cfg_selecting_restarts_the_item_and_wide_reads_are_little_endian():
+    device = FwCfg(pc_items(64 << 20, 1))
+    device.write(SELECTOR, 2, 0)
+    assert device.read(DATA, 1) == ord("Q")
+    device.write(SELECTOR, 2, 0)
+    assert device.read(DATA, 4) == int.from_bytes(b"QEMU", "little")
+
+
+def test_pci_config_space_answers_no_device():
+    host = EmptyPciHost()
+    host.write(0, 4, 0x80000000)              # bus 0, device 0, function 0, register 0
+    assert host.read(0, 4) == 0x80000000
+    assert host.read(4, 4) == 0xFFFFFFFF      # vendor/device id: no device
+    assert host.read(6, 2) == 0xFFFF
+
+
+@pytest.mark.kvm
+def test_pc_machine_ports(machine):
+    vm = machine(mem_size=32 << 20, vcpus=2, machine_type="pc")
+    assert read_item(vm.ports.device_at(0x510), 0x05, 2) == b"\x02\x00"
+    assert vm.ports.device_at(0xCF8) is not None and vm.ports.device_at(0xCFC) is not None
+    assert vm.ports.device_at(0x3F8) is not None
+
+
+@pytest.mark.kvm
+def test_bare_machine_has_no_pc_devices(machine):
+    vm = machine(mem_size=32 << 20)
+    assert vm.ports.device_at(0x510) is None and vm.ports.device_at(0xCF8) is None
+
+
+@pytest.mark.kvm
+def test_com1_raises_irq_4_through_the_in_kernel_irqchip(machine, monkeypatch):
+    vm = machine(mem_size=32 << 20, machine_type="pc")
+    lines = []
+    real_irq_line = vm.vm.irq_line
+    monkeypatch.setattr(vm.vm, "irq_line", lambda irq, level: (lines.append((irq, level)), real_irq_line(irq, level)))
+    vm.serial.write(IER_DLM, 1, IER_THRI)     # enable the transmitter-empty interrupt: raised at once
+    vm.serial.read(IIR_FCR, 1)                # reading IIR acknowledges it
+    assert lines == [(4, 1), (4, 0)]
+
+
+@pytest.mark.kvm
+def test_unknown_machine_is_bad_input(machine):
+    with pytest.raises(BadInput, match="unknown machine 'isa'"):
+        machine(machine_type="isa")

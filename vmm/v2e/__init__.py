@@ -1,0 +1,16 @@
+"""V2E: trap execution of watched guest pages, analyse it instruction by instruction,
+and let the guest continue at hardware speed.
+
+    from vmm.v2e import V2E, Decision
+    with V2E(machine, [(0x200000, 0x201000)], trace_path="run.jsonl",
+             on_event=lambda event: Decision.TRACE) as engine:
+        outcome = machine.run(timeout=10)
+        engine.finish(outcome)
+"""
+from .backends import BACKENDS, BackendUnavailable
+from .engine import DEFAULT_MAX_STEPS, V2E, Decision, EmulateEvent, Step
+from .trace import format_trace, page_bytes, read_trace
+from .watch import WatchSet, parse_watch
+
+__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_STEPS", "V2E", "Decision", "EmulateEvent", "Step",
+           "format_trace", "page_bytes", "read_trace", "WatchSet", "parse_watch"]

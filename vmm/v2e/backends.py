@@ -1,0 +1,162 @@
+"""How execution of a watched page reaches userspace: the exec-trap patch, or stock KVM.
+
+A backend arms the trap (watched pages stop being directly executable),
+disarms it while the engine single-steps through watched code, and turns the
+exit it gets into (gpa, gva) of the fetch, or None when the exit is not one.
+"""
+import kvm_abi as abi
+
+from ..errors import EXIT_NO_KVM, VmmError
+from ..memory import PAGE_SIZE
+from ..report import rip_linear
+
+BACKENDS = ("auto", "patched", "stock")
+CR0_PG = 1 << 31
+
+
+class BackendUnavailable(VmmError):
+    exit_status = EXIT_NO_KVM
+
+
+def linear_to_physical(vcpu, sregs, linear):
+    """The guest-physical address of a linear address, or None when it does not translate."""
+    if not sregs.cr0 & CR0_PG:
+        return linear
+    physical, valid, _ = vcpu.translate(linear)
+    return physical if valid else None
+
+
+def fetch_address(vcpu, regs, sregs):
+    """(gpa, linear) of the instruction at RIP; gpa None when RIP does not translate."""
+    linear = rip_linear(regs, sregs)
+    return linear_to_physical(vcpu, sregs, linear), linear
+
+
+class WatchedRam:
+    """An MMIO device serving data accesses to unmapped watched pages from their RAM,
+    so the guest sees ordinary memory there."""
+
+    def __init__(self, memory, base):
+        self._memory = memory
+        self._base = base
+        self.reads = 0
+        self.writes = 0
+
+    def read(self, offset, size):
+        self.reads += 1
+        return int.from_bytes(self._memory.view(self._base + offset, size), "little")
+
+    def write(self, offset, size, value):
+        self.writes += 1
+        self._memory.view(self._base + offset, size)[:] = value.to_bytes(size, "little")
+
+
+class StockBackend:
+    """Watched pages leave the memslot layout: data accesses come back as KVM_EXIT_MMIO (served
+    by WatchedRam), an instruction fetch as an emulation-failure internal error with RIP left
+    at the instruction."""
+
+    name = "stock"
+    exit_reason = abi.KVM_EXIT_INTERNAL_ERROR
+
+    def __init__(self, machine, watch):
+        self._memory = machine.memory
+        self._mmio = machine.mmio
+        self._watch = watch
+        self.devices = []
+
+    def start(self):
+        for start, end in self._watch.ranges:
+            device = WatchedRam(self._memory, start)
+            self._mmio.register(device, start, end - start)
+            self.devices.append(device)
+        # Watched ranges get memslots of their own: arming and disarming then add or
+        # delete only those, each change costing a memslot update in KVM.
+        self._memory.set_split_points(address for start, end in self._watch.ranges for address in (start, end))
+        self.arm()
+
+    def arm(self):
+        self._memory.set_unmapped_pages(self._watch.pages)
+
+    def disarm(self):
+        self._memory.set_unmapped_pages(())
+
+    def fetch_target(self, exit, vcpu, regs, sregs):
+        if exit.suberror != abi.KVM_INTERNAL_ERROR_EMULATION:
+            return None
+        gpa, linear = fetch_address(vcpu, regs, sregs)
+        if gpa is not None and gpa in self._watch:
+            return gpa, linear
+        # An instruction that starts just before a watched page and runs into it.
+        next_page = (linear | (PAGE_SIZE - 1)) + 1
+        if next_page - linear < 15:
+            next_gpa = linear_to_physical(vcpu, sregs, next_page)
+            if next_gpa is not None and next_gpa in self._watch:
+                return next_gpa, next_page
+        return None
+
+    def stop(self):
+        self.disarm()
+        self._memory.set_split_points(())
+        for device in self.devices:
+            self._mmio.unregister(device)
+        self.devices = []
+
+    def counters(self):
+        return {"watched_data_reads": sum(d.reads for d in self.devices),
+                "watched_data_writes": sum(d.writes for d in self.devices)}
+
+
+class PatchedBackend:
+    """The exec-trap patch: KVM_SET_EXEC_TRAP marks pages, a fetch from one returns
+    KVM_EXIT_EMULATE with the gpa (and the gva when flagged valid)."""
+
+    name = "patched"
+    exit_reason = abi.KVM_EXIT_EMULATE
+
+    def __init__(self, machine, watch):
+        self._vm = machine.vm
+        self._watch = watch
+
+    @staticmethod
+    def available(vm):
+        """The patch's ABI version on this VM (0 when the kernel lacks the patch)."""
+        return vm.check_extension(abi.KVM_CAP_EXEC_TRAP)
+
+    def start(self):
+        self.arm()
+
+    def arm(self):
+        for start, end in self._watch.ranges:
+            self._vm.set_exec_trap(start, end - start, True)
+
+    def disarm(self):
+        for start, end in self._watch.ranges:
+            self._vm.set_exec_trap(start, end - start, False)
+
+    def fetch_target(self, exit, vcpu, regs, sregs):
+        return exit.gpa, exit.gva if exit.gva_valid else None
+
+    def stop(self):
+        self.disarm()
+
+    def counters(self):
+        return {}
+
+
+def select_backend(name, machine, watch):
+    """The backend `name` asks for ('auto': the patched kernel when present, else stock)."""
+    if name not in BACKENDS:
+        raise VmmError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "stock":
+        return StockBackend(machine, watch)
+    version = PatchedBackend.available(machine.vm)
+    if version == abi.KVM_EXEC_TRAP_ABI_VERSION:
+        return PatchedBackend(machine, watch)
+    if name == "auto":
+        return StockBackend(machine, watch)
+    if version == 0:
+        raise BackendUnavailable("--backend patched: this host's KVM lacks the exec-trap patch "
+                                 "(KVM_CAP_EXEC_TRAP is not reported); use --backend stock or auto")
+    raise BackendUnavailable(f"--backend patched: the exec-trap patch speaks ABI version {version}, "
+                             f"this VMM speaks {abi.KVM_EXEC_TRAP_ABI_VERSION}")

@@ -1,0 +1,159 @@
+"""The V2E trace file: JSON Lines, one record per line, flushed as written.
+
+Records ("type" field):
+  event    an entry into the watched pages: event number, vCPU, backend, gpa, gva, rip,
+           CPU mode, general registers ("regs"), segment/control registers ("sregs"),
+           and what the analysis decided ("decision": trace, skip or stop)
+  page     a watched page's contents at that event (base64 "data", "sha256")
+  insn     one traced instruction: "step", its "rip"/"gpa", its "bytes" (hex),
+           and the general registers after it ("regs")
+  leave    the end of an event: why ("reason"), where execution went ("rip"), and
+           how many instructions were traced and stepped
+  summary  the last record: counts, watched ranges, backend, and how the run ended
+Addresses and register values are hex strings ("0x1f"), so 64-bit values survive any
+JSON reader; counts are numbers.
+"""
+import base64
+import hashlib
+import json
+import threading
+
+from ..errors import BadInput
+
+FORMAT_VERSION = 1
+
+
+def hexify(mapping):
+    return {name: f"{value:#x}" for name, value in mapping.items()}
+
+
+class TraceWriter:
+    """Appends records to a JSON Lines file; safe to call from several vCPU threads."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._file = open(path, "w", encoding="ascii")
+        except OSError as error:
+            raise BadInput(f"{path}: cannot write the trace: {error.strerror}") from None
+        self._lock = threading.Lock()
+
+    def write(self, record):
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
+                self._file.flush()
+
+    def page(self, event, gpa, data):
+        self.write({"type": "page", "event": event, "gpa": f"{gpa:#x}", "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "encoding": "base64", "data": base64.b64encode(data).decode("ascii")})
+
+    def close(self, summary):
+        """Write the summary as the last record and close the file (later calls do nothing)."""
+        self.write(dict(summary, type="summary", version=FORMAT_VERSION))
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_trace(path):
+    """The records of a trace file as dicts; BadInput names the first bad line."""
+    records = []
+    try:
+        with open(path, encoding="ascii") as trace:
+            for number, line in enumerate(trace, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise BadInput(f"{path}:{number}: not a JSON record") from None
+                if not isinstance(record, dict) or "type" not in record:
+                    raise BadInput(f"{path}:{number}: a record without a type")
+                records.append(record)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not a trace file (not ASCII text)") from None
+    except OSError as error:
+        raise BadInput(f"{path}: {error.strerror}") from None
+    return records
+
+
+def page_bytes(record):
+    """The contents of a page record."""
+    return base64.b64decode(record["data"])
+
+
+# -- vmm trace show --------------------------------------------------------------
+
+_REGISTER_ORDER = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+
+
+def _hexdump(data, base):
+    """Rows of 16 bytes, trailing all-zero rows left out."""
+    end = len(data.rstrip(b"\0"))
+    lines = []
+    for offset in range(0, (end + 15) // 16 * 16, 16):
+        row = data[offset:offset + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"    {base + offset:08x}  {row.hex(' '):<47}  |{text}|")
+    omitted = len(data) - (end + 15) // 16 * 16
+    if omitted > 0:
+        lines.append(f"    ({omitted} more zero bytes)")
+    return lines
+
+
+def plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_trace(records, max_instructions=None):
+    """The readable form of a trace, as a list of lines."""
+    lines = []
+    previous = {}
+    shown = {}
+    for record in records:
+        kind = record["type"]
+        if kind == "event":
+            previous = dict(record["regs"])
+            gva = record.get("gva")
+            where = f"gva {gva}" if gva is not None else "gva unknown"
+            lines.append(f"event {record['event']}: vCPU {record['vcpu']} executes watched page "
+                         f"{record['page']} at rip {record['rip']} (gpa {record['gpa']}, {where}; "
+                         f"{record['mode']} mode, {record['backend']} backend) -> {record['decision']}")
+            regs = record["regs"]
+            names = [name for name in _REGISTER_ORDER if name in regs]
+            for row in range(0, len(names), 6):
+                lines.append("  " + " ".join(f"{name}={regs[name]}" for name in names[row:row + 6]))
+        elif kind == "page":
+            data = page_bytes(record)
+            lines.append(f"  page {record['gpa']}: {record['size']} bytes, sha256 {record['sha256'][:16]}...")
+            lines.extend(_hexdump(data, int(record["gpa"], 16)))
+        elif kind == "insn":
+            count = shown.get(record["event"], 0)
+            shown[record["event"]] = count + 1
+            if max_instructions is not None and count >= max_instructions:
+                if count == max_instructions:
+                    lines.append("  ...")
+                previous = dict(record["regs"])
+                continue
+            changed = [f"{name}={value}" for name, value in record["regs"].items()
+                       if name != "rip" and previous.get(name) != value]
+            previous = dict(record["regs"])
+            code = bytes.fromhex(record["bytes"]).hex(" ")
+            lines.append(f"  #{record['step']:<5} {record['rip']:>10}  {code:<24} {' '.join(changed)}".rstrip())
+        elif kind == "leave":
+            lines.append(f"  leave: {record['reason']} at rip {record['rip']} after "
+                         f"{record['instructions']} traced of {record['steps']} stepped instructions")
+        elif kind == "summary":
+            ranges = ", ".join(f"{start}-{end}" for start, end in record["watched"])
+            lines.append(f"summary: {plural(record['events'], 'event')}, "
+                         f"{plural(record['instructions'], 'instruction')} traced, "
+                         f"{record['backend']} backend, watched {ranges}; run ended: {record['outcome']} "
+                         f"(exit status {record['exit_status']}): {record['message']}")
+    if not records or records[-1]["type"] != "summary":
+        lines.append("(no summary: the trace is incomplete)")
+    return lines
