@@ -116,8 +116,20 @@ fetch() {
 	fi
 }
 
-# vermagic and modversions CRCs against Debian's linux-image of the release.
+# vermagic and modversions CRCs against Debian's linux-image of the release,
+# and a guard against shipping unpatched modules: kvm.ko must contain the
+# series' code.
+has_series_code() {
+	local syms
+	syms=$(nm "$1" 2>/dev/null) || return 1
+	grep -q ' kvm_mmu_set_exec_trap$' <<<"$syms"
+}
+
 abi_check() {
+	if ! has_series_code "$1"; then
+		echo "$1 does not contain the exec-trap code (unpatched?)" >&2
+		exit 1
+	fi
 	python3 "$HERE/modcheck.py" "$HDR/Module.symvers" \
 		"$TOP/image/lib/modules/$KREL/kernel/arch/x86/kvm" "$@"
 }
@@ -141,7 +153,7 @@ prepare_build_tree() {
 		return
 	fi
 	log "creating build tree (copy of the pristine tree)"
-	rm -rf "$BUILD" "$TOP/applied"
+	rm -rf "$BUILD" "$TOP/applied" "$TOP/built.hash"
 	cp -a "$PRISTINE" "$BUILD"
 	chmod -R u+w "$BUILD"
 	cp "$HDR/.config" "$HDR/Module.symvers" "$BUILD/"
@@ -182,8 +194,9 @@ checkpatch() {
 	fi
 	out=$(cd "$PRISTINE" && perl scripts/checkpatch.pl --strict \
 		"$PATCHDIR"/*.patch 2>&1) || true
-	echo "$out" | grep -E '^(total:|ERROR|WARNING|CHECK)' || true
-	if echo "$out" | grep -E '^total:' | grep -vq '^total: 0 errors, 0 warnings'; then
+	grep -E '^(total:|ERROR|WARNING|CHECK)' <<<"$out" || true
+	if [ "$(grep -c '^total: 0 errors, 0 warnings' <<<"$out")" -ne \
+		"$(ls "$PATCHDIR"/*.patch | wc -l)" ]; then
 		echo "checkpatch: errors or warnings in the $SERIES series" >&2
 		exit 1
 	fi
@@ -223,7 +236,7 @@ build() {
 	h=$(series_hash)
 	prepare_build_tree
 	if [ "$(cat "$TOP/built.hash" 2>/dev/null)" = "$h" ] &&
-		[ -e "$BUILD/arch/x86/kvm/kvm.ko" ]; then
+		has_series_code "$BUILD/arch/x86/kvm/kvm.ko"; then
 		log "build: unchanged series, modules up to date"
 		abi_check "$BUILD"/arch/x86/kvm/{kvm,kvm-intel,kvm-amd}.ko
 		return
