@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test guests clean
+.PHONY: all demo test guests bench fuzz leaks e2e clean
 
 all: test
 
@@ -33,6 +33,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks (not tests): PIO exit throughput and single-step rate against C
+# loops, V2E event and trace rates, start-up time and RSS (QEMU side by side
+# when installed). Prints a table, writes build/bench.json.
+bench: $(STAMP)
+	$(VPY) -m tests.bench.run
+	$(VPY) tests/bench/bench_v2e.py --json build/bench_v2e.json
+
+# Random byte strings as guests in every mode, with and without watching.
+fuzz: $(STAMP)
+	$(VPY) -m tests.fuzz.run --count $(or $(N),10000)
+
+leaks: $(STAMP)
+	VMM_LEAK_VMS=1000 $(VPY) -m pytest -q tests/test_leaks.py
 
 clean:
 	$(MAKE) -C guest_images clean

@@ -80,12 +80,15 @@ def test_rep_outsb_running_off_the_end_of_ram_is_stopped_by_the_timeout(machine)
     assert output[:16] == bytes(16), f"expected the last 16 bytes of RAM (zero) first, got {output[:16]!r}"
     assert output[16:] == b"\xff" * (len(output) - 16), "expected all-ones for every byte read past RAM"
     reads = vm.mmio.unclaimed_reads
-    assert sum(reads.values()) == len(output) - 16, (
-        f"expected one unclaimed MMIO read per byte past RAM ({len(output) - 16}), got {sum(reads.values())}")
-    assert len(reads) <= MAX_COUNTED_ADDRESSES + 1, (
-        f"expected at most {MAX_COUNTED_ADDRESSES + 1} counted MMIO addresses, got {len(reads)}")
-    if len(output) - 16 > MAX_COUNTED_ADDRESSES:
-        assert reads[OTHER_ADDRESSES] == len(output) - 16 - MAX_COUNTED_ADDRESSES
+    past_ram = sum(reads.values())
+    # The timeout may stop the guest between a byte's MMIO read and its `out`.
+    assert past_ram - (len(output) - 16) in (0, 1), (
+        f"expected one unclaimed MMIO read per byte past RAM ({len(output) - 16}), got {past_ram}")
+    assert len(reads) == min(past_ram, MAX_COUNTED_ADDRESSES + 1), (
+        f"expected {min(past_ram, MAX_COUNTED_ADDRESSES + 1)} counted MMIO addresses, got {len(reads)}")
+    if past_ram > MAX_COUNTED_ADDRESSES:
+        assert reads[OTHER_ADDRESSES] == past_ram - MAX_COUNTED_ADDRESSES, (
+            f"expected {past_ram - MAX_COUNTED_ADDRESSES} reads lumped together, got {reads[OTHER_ADDRESSES]}")
 
 
 def test_rep_insb_running_off_the_end_of_ram_is_stopped_by_the_timeout(machine):

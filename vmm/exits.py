@@ -1,9 +1,9 @@
 """Typed values for the reasons KVM_RUN returns to userspace.
 
 decode(run, run_view) reads struct kvm_run through its cffi fields, except the
-I/O header, the hot path, which is read in one struct.unpack_from at the
-offsets cffi gives. An exit number this module does not know stays
-representable as Unsupported.
+exit reason and the I/O header, the hot path, which are read in one
+struct.unpack_from at the offsets cffi gives. An exit number this module does
+not know stays representable as Unsupported.
 Values that steer memory access (I/O data offset and size, MMIO length, count
 of internal-error words) are bounds-checked here, once, so handlers can trust
 them; a kvm_run that breaks those bounds decodes as Malformed.
@@ -178,23 +178,15 @@ _RUN_SIZE = abi.ffi.sizeof("struct kvm_run")
 _MAX_INTERNAL_DATA = 16
 
 
-# struct kvm_run.io: direction, size, port, count, data_offset (five cffi
-# attribute reads cost more than the rest of an exit's decoding together).
-_IO_HEADER = struct.Struct("<BBHIQ")
+# exit_reason and struct kvm_run.io (direction, size, port, count, data_offset)
+# in one read: six cffi attribute reads cost more than the rest of an I/O
+# exit's handling together.
+_REASON_AT = abi.ffi.offsetof("struct kvm_run", "exit_reason")
 _IO_AT = abi.ffi.offsetof("struct kvm_run", "io")
 assert [abi.ffi.offsetof("struct kvm_run", "io", field) - _IO_AT
         for field in ("direction", "size", "port", "count", "data_offset")] == [0, 1, 2, 4, 8]
+_REASON_AND_IO = struct.Struct(f"<I{_IO_AT - _REASON_AT - 4}xBBHIQ")
 _IO_OUT = abi.KVM_EXIT_IO_OUT
-
-
-def _decode_io(reason, run, view):
-    direction, size, port, count, offset = _IO_HEADER.unpack_from(view, _IO_AT)
-    end = offset + size * count
-    if size not in _IO_SIZES or count == 0 or offset < _RUN_SIZE or end > len(view):
-        return Malformed(reason, f"I/O exit with size={size} count={count} data_offset={offset:#x}")
-    return Io(reason, port, size, count, direction == _IO_OUT, view[offset:end])
-
-
 _MMIO_DATA = abi.ffi.offsetof("struct kvm_run", "mmio", "data")
 
 
@@ -220,7 +212,6 @@ def _decode_system_event(reason, run, view):
 
 _KVM_EXIT_IO = abi.KVM_EXIT_IO
 _DECODERS = {
-    abi.KVM_EXIT_IO: _decode_io,
     abi.KVM_EXIT_MMIO: _decode_mmio,
     abi.KVM_EXIT_HLT: lambda reason, run, view: Hlt(reason),
     abi.KVM_EXIT_SHUTDOWN: lambda reason, run, view: Shutdown(reason),
@@ -237,11 +228,25 @@ _DECODERS = {
 }
 
 
-def decode(run, view):
-    """Decode the exit in `run` (a struct kvm_run *); `view` is a memoryview of the whole mapping."""
-    reason = run.exit_reason
-    if reason == _KVM_EXIT_IO:  # most exits: skip the table
-        return _decode_io(reason, run, view)
+def decode(run, view, io=None):
+    """Decode the exit in `run` (a struct kvm_run *); `view` is a memoryview of the whole mapping.
+
+    An I/O exit fills `io` (an Io) when one is given instead of making a new one:
+    a vCPU reuses one Io for all its I/O exits, which are valid until its next
+    KVM_RUN anyway (their data is a view into the kvm_run mapping)."""
+    reason, direction, size, port, count, offset = _REASON_AND_IO.unpack_from(view, _REASON_AT)
+    if reason == _KVM_EXIT_IO:  # most exits: decoded here, without the table
+        end = offset + size * count
+        if size not in _IO_SIZES or count == 0 or offset < _RUN_SIZE or end > len(view):
+            return Malformed(reason, f"I/O exit with size={size} count={count} data_offset={offset:#x}")
+        if io is None:
+            return Io(reason, port, size, count, direction == _IO_OUT, view[offset:end])
+        io.port = port
+        io.size = size
+        io.count = count
+        io.is_write = direction == _IO_OUT
+        io.data = view[offset:end]
+        return io
     decoder = _DECODERS.get(reason)
     if decoder is None:
         return Unsupported(reason)

@@ -42,19 +42,21 @@ class Vcpu(_sys.FileDescriptor):
         self._mapping = _sys.mmap(mmap_size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0)
         self.run_struct = _sys.ffi.cast("struct kvm_run *", self._mapping)
         self._view = memoryview(_sys.ffi.buffer(self._mapping, mmap_size))
+        self._io = exits.Io(kvm_abi.KVM_EXIT_IO, 0, 0, 0, False, None)   # refilled at every I/O exit
         self._thread_id = None
 
     # -- running -------------------------------------------------------------
 
     def run(self):
-        """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR)."""
+        """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR); the exit is
+        valid until the next run() (an I/O exit is the same object every time)."""
         if _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
             error = _sys.ffi.errno
             if error == errno.EINTR or error == errno.EAGAIN:
                 self.run_struct.immediate_exit = 0
                 return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
             raise KvmError("KVM_RUN", error)
-        return _decode(self.run_struct, self._view)
+        return _decode(self.run_struct, self._view, self._io)
 
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
@@ -140,6 +142,9 @@ class Vcpu(_sys.FileDescriptor):
 
     def close(self):
         if self._mapping is not None:
+            if self._io.data is not None:   # the last I/O exit's view must not outlive the mapping
+                self._io.data.release()
+                self._io.data = None
             self._view.release()
             _sys.munmap(self._mapping, self._mmap_size)
             self._mapping = self.run_struct = self._view = None

@@ -72,8 +72,8 @@ def classify(outcome):
 
 
 def run_case(case, timeout):
-    """(class, seconds, detail): class is the outcome's; 'ESCAPED ...' or 'LATE' are failures."""
-    started = time.monotonic()
+    """(class, seconds the run took, detail): class is the outcome's; 'ESCAPED ...' or 'LATE' are failures."""
+    elapsed = 0.0
     try:
         with Machine(mem_size=MEM_SIZE, serial_output=io.BytesIO()) as vm:
             vm.load(case.image, mode=case.mode)
@@ -81,15 +81,18 @@ def run_case(case, timeout):
                 page = DEFAULT_LOAD_ADDR[case.mode] & ~0xFFF
                 with V2E(vm, [(page, page + 4096)], max_steps=MAX_STEPS,
                          on_event=lambda event: Decision.TRACE) as engine:
+                    started = time.monotonic()
                     outcome = vm.run(timeout=timeout)
+                    elapsed = time.monotonic() - started
                     engine.finish(outcome)
             else:
+                started = time.monotonic()
                 outcome = vm.run(timeout=timeout)
+                elapsed = time.monotonic() - started
     except VmmError as error:
-        return f"vmm-error {type(error).__name__}", time.monotonic() - started, str(error)
+        return f"vmm-error {type(error).__name__}", elapsed, str(error)
     except Exception as error:  # noqa: BLE001 - the harness's whole point is to catch escapes
-        return f"ESCAPED {type(error).__name__}", time.monotonic() - started, traceback.format_exc()
-    elapsed = time.monotonic() - started
+        return f"ESCAPED {type(error).__name__}", elapsed, traceback.format_exc()
     if elapsed > timeout + LATE_BY_AT_MOST:
         return "LATE", elapsed, f"{outcome!r} after {elapsed:.2f} s"
     return classify(outcome), elapsed, outcome.message

@@ -73,6 +73,9 @@ class PortBus:
             device, base = entry
             offset = port - base
             if size == 1:
+                if io.count == 1:   # a plain `out %al`: most port writes
+                    device.write(offset, 1, data[0])
+                    return
                 for value in data:
                     device.write(offset, 1, value)
             else:

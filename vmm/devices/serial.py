@@ -138,7 +138,8 @@ class Uart16550:
             self.mcr = value & 0x1F
         elif offset == SCR:
             self.scr = value
-        self._update_irq()
+        if self._irq_line is not None:   # skip the call on a machine without interrupts
+            self._update_irq()
 
     # -- internals -----------------------------------------------------------
 
