@@ -39,9 +39,9 @@ def boot(machine, image, fmt, name, mode=None, load_addr=None, entry=None,
     """Load `image` as `fmt` into machine's RAM and set up vCPU 0; returns the CPU mode used."""
     if fmt == "auto":
         fmt = detect(image)
+    if fmt != "multiboot" and (modules or cmdline):
+        raise BadInput(f"--{'initrd' if modules else 'append'} needs a multiboot kernel, not a {fmt} image")
     if fmt == "flat":
-        if modules:
-            raise BadInput("--initrd needs a multiboot kernel")
         mode = mode or "long"
         machine.load(image, mode, load_addr, entry)
         return mode
@@ -49,8 +49,6 @@ def boot(machine, image, fmt, name, mode=None, load_addr=None, entry=None,
         raise BadInput(f"--load-addr applies to flat images; {fmt} images say where they load")
     size = machine.memory.size
     if fmt == "elf":
-        if modules:
-            raise BadInput("--initrd needs a multiboot kernel")
         parsed = elf.parse(image, size, name)
         mode = mode or ("long" if parsed.bits == 64 else "protected")
         if mode != "real":

@@ -78,6 +78,8 @@ def read_trace(path):
         raise BadInput(f"{path}: not a trace file (not ASCII text)") from None
     except OSError as error:
         raise BadInput(f"{path}: {error.strerror}") from None
+    if not records:
+        raise BadInput(f"{path}: empty, not a trace file")
     return records
 
 
