@@ -98,6 +98,7 @@ KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_INTERNAL_ERROR_DATA = 40
+KVM_CAP_VCPU_EVENTS = 41
 
 # The exec-trap extension (patches/): numbers chosen far above upstream's
 # ranges (6.12 ends at exit 39, capability 238, ioctl nr 0xd5).

@@ -64,6 +64,8 @@ KVM_SET_CPUID2 = _IOW(0x90, "struct kvm_cpuid2")
 KVM_GET_MP_STATE = _IOR(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _IOW(0x99, "struct kvm_mp_state")
 KVM_SET_GUEST_DEBUG = _IOW(0x9B, "struct kvm_guest_debug")
+KVM_GET_VCPU_EVENTS = _IOR(0x9F, "struct kvm_vcpu_events")
+KVM_SET_VCPU_EVENTS = _IOW(0xA0, "struct kvm_vcpu_events")
 
 # Names of the ioctls above, for error messages and the probe test.
 IOCTL_NAMES = {value: name for name, value in globals().items()

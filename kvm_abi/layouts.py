@@ -129,6 +129,42 @@ struct kvm_mp_state {
     __u32 mp_state;
 };
 
+struct kvm_vcpu_events {
+    struct {
+        __u8 injected;
+        __u8 nr;
+        __u8 has_error_code;
+        __u8 pending;
+        __u32 error_code;
+    } exception;
+    struct {
+        __u8 injected;
+        __u8 nr;
+        __u8 soft;
+        __u8 shadow;
+    } interrupt;
+    struct {
+        __u8 injected;
+        __u8 pending;
+        __u8 masked;
+        __u8 pad;
+    } nmi;
+    __u32 sipi_vector;
+    __u32 flags;
+    struct {
+        __u8 smm;
+        __u8 pending;
+        __u8 smm_inside_nmi;
+        __u8 latched_init;
+    } smi;
+    struct {
+        __u8 pending;
+    } triple_fault;
+    __u8 reserved[26];
+    __u8 exception_has_payload;
+    __u64 exception_payload;
+};
+
 struct kvm_exec_trap {
     __u64 gpa;
     __u64 size;

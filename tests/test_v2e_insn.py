@@ -43,3 +43,18 @@ def test_truncated_code_is_none():
     assert insn.decode(bytes.fromhex("48b85a5a"), 64) is None
     assert insn.decode(b"", 64) is None
     assert insn.decode(b"\x66" * 20, 64) is None
+
+
+@pytest.mark.parametrize("code, opcode, bits, expected", [
+    (b"\xeb\xfe", 0xEB, 64, True),                      # jmp .
+    (b"\xeb\xe7", 0xEB, 64, False),                     # jmp back 25 bytes
+    (b"\x75\xfe", 0x75, 32, True),                      # jnz .
+    (b"\xe9\xfb\xff\xff\xff", 0xE9, 64, True),          # jmp rel32 .
+    (b"\xe9\xfd\xff", 0xE9, 16, True),                  # jmp rel16 . in real mode
+    (b"\x66\xe9\xfa\xff\xff\xff", 0xE9, 16, True),      # operand-size prefix: rel32 in real mode
+    (b"\x0f\x85\xfa\xff\xff\xff", 0x0F85, 32, True),    # jnz rel32 .
+    (b"\x0f\x85\x00\x00\x00\x00", 0x0F85, 32, False),
+    (b"\xa8\x20", 0xA8, 64, False),                     # not a branch
+])
+def test_branches_to_itself(code, opcode, bits, expected):
+    assert insn.branches_to_itself(code, opcode, bits) is expected

@@ -130,6 +130,14 @@ class Vcpu(_sys.FileDescriptor):
         debug.control = control
         _sys.ioctl(self.fd, kvm_abi.KVM_SET_GUEST_DEBUG, debug)
 
+    def get_vcpu_events(self):
+        events = _sys.ffi.new("struct kvm_vcpu_events *")
+        _sys.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_EVENTS, events)
+        return events
+
+    def set_vcpu_events(self, events):
+        _sys.ioctl(self.fd, kvm_abi.KVM_SET_VCPU_EVENTS, events)
+
     def get_mp_state(self):
         state = _sys.ffi.new("struct kvm_mp_state *")
         _sys.ioctl(self.fd, kvm_abi.KVM_GET_MP_STATE, state)

@@ -8,6 +8,10 @@
  *                          data reads and writes of it must not exit
  *   kvmtest trap stock     same guest; the capability must be absent, the
  *                          ioctl refused, and no EMULATE exit may arrive
+ *   kvmtest steps          for information: the exits seen while single-
+ *                          stepping over port I/O (one E2E-NOTE line)
+ *   kvmtest bochs-off      power Bochs off through its port 0x8900 (fallback
+ *                          when the ACPI power-off of `poweroff -f` fails)
  *
  * Every result is one line "E2E <test> key=value ..." on stdout, ending with
  * "verdict=PASS" or "verdict=FAIL"; the host parses the serial log.
@@ -21,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -364,11 +369,81 @@ static int trap(int expect_patched)
 	return failed;
 }
 
+/* --------------------------------------------------------------- steps */
+
+/*
+ * For information: the exits KVM reports while single-stepping (the way the
+ * harness traces) over port I/O, in 64-bit mode. Printed as an E2E-NOTE.
+ */
+static int steps(void)
+{
+	static const uint8_t code[] = {
+		0x66, 0xba, 0xfd, 0x03,	/* 8000 mov dx, 0x3fd */
+		0xec,			/* 8004 in al, dx */
+		0x90,			/* 8005 nop */
+		0xb0, 0x41,		/* 8006 mov al, 0x41 */
+		0xe6, 0x10,		/* 8008 out 0x10, al */
+		0x90,			/* 800a nop */
+		0xf4,			/* 800b hlt */
+	};
+	struct kvm_guest_debug dbg;
+	struct kvm_regs regs;
+	char seq[512] = "";
+	int i;
+
+	strcpy(line, "E2E-NOTE single-step exits (mov dx; in @8004; nop; mov al; out @8008; nop; hlt @800b):");
+	setup();
+	setup_long_mode();
+	memcpy(mem + 0x8000, code, sizeof(code));
+	memset(&dbg, 0, sizeof(dbg));
+	dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+	if (ioctl(vcpu_fd, KVM_SET_GUEST_DEBUG, &dbg) < 0)
+		die("KVM_SET_GUEST_DEBUG");
+	for (i = 0; i < 16; i++) {
+		const char *what;
+
+		if (ioctl(vcpu_fd, KVM_RUN, 0) < 0)
+			die("KVM_RUN");
+		if (ioctl(vcpu_fd, KVM_GET_REGS, &regs) < 0)
+			die("KVM_GET_REGS");
+		switch (run->exit_reason) {
+		case KVM_EXIT_IO:
+			what = run->io.direction == KVM_EXIT_IO_IN ? "IN" : "OUT";
+			if (run->io.direction == KVM_EXIT_IO_IN)
+				*((uint8_t *)run + run->io.data_offset) = 0x20;
+			break;
+		case KVM_EXIT_DEBUG: what = "DBG"; break;
+		case KVM_EXIT_HLT: what = "HLT"; break;
+		default: what = "OTHER"; break;
+		}
+		snprintf(seq + strlen(seq), sizeof(seq) - strlen(seq), " %s@%llx", what,
+			 (unsigned long long)regs.rip);
+		if (run->exit_reason == KVM_EXIT_HLT ||
+		    (run->exit_reason == KVM_EXIT_DEBUG && regs.rip > 0x800b) ||
+		    (run->exit_reason != KVM_EXIT_IO && run->exit_reason != KVM_EXIT_DEBUG))
+			break;
+	}
+	out("%s", seq);
+	puts(line);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc >= 2 && !strcmp(argv[1], "bochs-off")) {
+		const char *p = "Shutdown";
+
+		if (ioperm(0x8900, 1, 1) < 0)
+			die("ioperm");
+		while (*p)
+			outb(*p++, 0x8900);
+		return 1;
+	}
 	if (argc >= 2 && !strcmp(argv[1], "smoke"))
 		return smoke();
+	if (argc >= 2 && !strcmp(argv[1], "steps"))
+		return steps();
 	if (argc >= 3 && !strcmp(argv[1], "trap"))
 		return trap(!strcmp(argv[2], "patched"));
 	fprintf(stderr, "usage: kvmtest smoke | kvmtest trap patched|stock\n");

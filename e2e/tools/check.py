@@ -99,11 +99,10 @@ def want_paging(case):
 
 
 def check_case(case, host_ref):
-    """Return (verdict, events, traced, problems)."""
-    name = case["begin"].get("name", "?")
+    """Return (verdict, events, traced, kvm-tests verdict, harness verdict, problems)."""
     problems = []
     if case["skip"]:
-        return "SKIP", "-", "-", ["modules not available"]
+        return "SKIP", "-", "-", "-", "-", ["modules not available"]
     if case["end"] is None:
         problems.append("case did not finish (timeout, panic or crash)")
     wp = want_paging(case)
@@ -135,10 +134,12 @@ def check_case(case, host_ref):
             problems.append("EMULATE exit under the stock module")
     if "smoke" in tests and tests["smoke"].get("verdict") != "PASS":
         problems.append("smoke test failed")
+    problems += [e for e in case["errors"] if not e.startswith("vmm ")]
+    hproblems = []
     events = str(len(case["events"]))
     traced = "-"
     for vname, v in case["vmm"].items():
-        problems += check_vmm(vname, v, patched, host_ref, case.get("rips"))
+        hproblems += check_vmm(vname, v, patched, host_ref, case.get("rips"))
         if "traced" in v:
             traced = v["traced"]
         if vname == "packed":
@@ -146,11 +147,14 @@ def check_case(case, host_ref):
         elif vname == "packed-negative":
             events += f"+{v.get('emulate_exits', '?')}"
     if patched and "packed" not in case["vmm"] and HARNESS:
-        problems.append("no harness (vmm run) result")
+        hproblems.append("no harness (vmm run) result")
     if not patched and "packed-negative" not in case["vmm"] and HARNESS:
-        problems.append("no harness negative-control result")
-    problems += case["errors"]
-    return ("PASS" if not problems else "FAIL"), events, traced, problems
+        hproblems.append("no harness negative-control result")
+    hproblems += [e for e in case["errors"] if e.startswith("vmm ")]
+    kv_ = "PASS" if not problems else "FAIL"
+    hv = ("PASS" if not hproblems else "FAIL") if (case["vmm"] or HARNESS) else "-"
+    problems += hproblems
+    return ("PASS" if not problems else "FAIL"), events, traced, kv_, hv, problems
 
 
 def rip_diff(guest, host):
@@ -196,44 +200,46 @@ def main():
         cases, done, boot, lines = parse(log)
         bad = False
         if not cases:
-            rows.append((label, kernel, cpu, "-", "-", "-", "FAIL", "no cases in log"))
+            rows.append((label, kernel, cpu, "-", "-", "-", "-", "-", "FAIL", "no cases in log"))
             bad = True
         for c in cases:
-            verdict, events, traced, problems = check_case(c, host_ref)
+            verdict, events, traced, kverdict, hverdict, problems = check_case(c, host_ref)
             if verdict == "SKIP" and a.patched in ("yes", "prebuilt"):
                 verdict = "FAIL"
             if verdict == "SKIP" and a.patched == "no" and c["begin"].get("set") == "patched":
                 problems = ["patched modules disabled (PATCHED=no)"]
             bad |= verdict == "FAIL"
-            all_notes += [(c["begin"].get("name", "?"), n) for n in c["notes"]]
+            all_notes += [(f"{label}/{c['begin'].get('name', '?')}", n) for n in c["notes"]]
             rows.append((c["begin"].get("name", "?"), kernel, cpu, paging(c), events, traced,
-                         verdict, "; ".join(problems)))
+                         kverdict, hverdict, verdict, "; ".join(problems)))
         if done is None:
-            rows.append((label, kernel, cpu, "-", "-", "-", "FAIL",
+            rows.append((label, kernel, cpu, "-", "-", "-", "-", "-", "FAIL",
                          "run did not finish (no E2E-DONE): timeout, panic or crash"))
             bad = True
         if bad:
             failed_logs.append((log, lines))
 
-    hdr = ("case", "kernel", "CPU model", "ept/npt", "events", "traced", "verdict")
+    hdr = ("case", "kernel", "CPU model", "ept/npt", "events", "traced", "kvm tests", "harness", "verdict")
     w = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
     fmt = "  ".join("%%-%ds" % x for x in w)
     print(fmt % hdr)
     print(fmt % tuple("-" * x for x in w))
     for r in rows:
-        print(fmt % r[:7] + (f"  ({r[7]})" if r[7] and r[6] != "PASS" else ""))
-    notes = [(c, n) for c, n in all_notes]
-    if notes:
+        print(fmt % r[:9] + (f"  ({r[9]})" if r[9] and r[8] != "PASS" else ""))
+    grouped = {}
+    for c, n in all_notes:
+        grouped.setdefault(n, []).append(c)
+    if grouped:
         print()
-        for c, n in notes:
-            print(f"note [{c}]: {n}")
+        for n, cs in grouped.items():
+            print(f"note [{', '.join(cs)}]: {n}")
     for log, lines in failed_logs:
         print(f"\n==== {log} (last {a.tail} lines) ====")
         print("\n".join(lines[-a.tail:]))
     if failed_logs:
         print("\ne2e: FAILED", file=sys.stderr)
         sys.exit(1)
-    print("\ne2e: all checks passed" + ("" if all(r[6] == "PASS" for r in rows)
+    print("\ne2e: all checks passed" + ("" if all(r[8] == "PASS" for r in rows)
                                         else " (some cases skipped)"))
 
 

@@ -16,7 +16,7 @@ python3-cffi python3-pycparser python3-ply libffi8 libexpat1 zlib1g libc6"
 rm -rf "$x" "$root"
 mkdir -p "$x" "$root"
 for p in $PKGS; do
-	"$here/fetch-deb.sh" "$cache" "$p" "$out/pkg-$p"
+	sh "$here/fetch-deb.sh" "$cache" "$p" "$out/pkg-$p"
 	cp -a "$out/pkg-$p/." "$x/"
 	rm -rf "$out/pkg-$p"
 done

@@ -51,6 +51,9 @@ class WatchedRam:
         self._memory.view(self._base + offset, size)[:] = value.to_bytes(size, "little")
 
 
+UD_VECTOR = 6
+
+
 class StockBackend:
     """Watched pages leave the memslot layout: data accesses come back as KVM_EXIT_MMIO (served
     by WatchedRam), an instruction fetch as an emulation-failure internal error with RIP left
@@ -85,15 +88,19 @@ class StockBackend:
         if exit.suberror != abi.KVM_INTERNAL_ERROR_EMULATION:
             return None
         gpa, linear = fetch_address(vcpu, regs, sregs)
+        target = None
         if gpa is not None and gpa in self._watch:
-            return gpa, linear
-        # An instruction that starts just before a watched page and runs into it.
-        next_page = (linear | (PAGE_SIZE - 1)) + 1
-        if next_page - linear < 15:
-            next_gpa = linear_to_physical(vcpu, sregs, next_page)
-            if next_gpa is not None and next_gpa in self._watch:
-                return next_gpa, next_page
-        return None
+            target = gpa, linear
+        else:
+            # An instruction that starts just before a watched page and runs into it.
+            next_page = (linear | (PAGE_SIZE - 1)) + 1
+            if next_page - linear < 15:
+                next_gpa = linear_to_physical(vcpu, sregs, next_page)
+                if next_gpa is not None and next_gpa in self._watch:
+                    target = next_gpa, next_page
+        if target is not None:
+            _withdraw_emulation_failure_ud(vcpu)
+        return target
 
     def stop(self):
         self.disarm()
@@ -105,6 +112,17 @@ class StockBackend:
     def counters(self):
         return {"watched_data_reads": sum(d.reads for d in self.devices),
                 "watched_data_writes": sum(d.writes for d in self.devices)}
+
+
+def _withdraw_emulation_failure_ud(vcpu):
+    """KVM queues #UD for the guest when it reports an emulation failure (handle_emulation_failure
+    in x86.c; the paravirtual KVM here does not). The fetch is ours to serve, not a guest fault."""
+    events = vcpu.get_vcpu_events()
+    exception = events.exception
+    if (exception.injected or exception.pending) and exception.nr == UD_VECTOR:
+        exception.injected = exception.pending = 0
+        events.exception_has_payload = 0
+        vcpu.set_vcpu_events(events)
 
 
 class PatchedBackend:

@@ -111,13 +111,12 @@ class _Trace:
     """A vCPU's progress through watched code: the instruction about to execute."""
 
     __slots__ = ("event", "record", "steps", "traced", "rip", "gpa", "code", "opcode",
-                 "completed_by_exit", "saved_handlers", "sregs", "bits", "pages")
+                 "saved_handlers", "sregs", "bits", "pages")
 
     def __init__(self, event, record, sregs, bits):
         self.event, self.record = event, record
         self.steps = self.traced = 0
         self.rip = self.gpa = self.code = self.opcode = None
-        self.completed_by_exit = False
         self.saved_handlers = {}   # exit reason -> the handler wrapped while tracing
         self.sregs, self.bits = sregs, bits
         # (CR3, linear page) -> physical page. A stale entry after the guest edits its page
@@ -237,9 +236,10 @@ class V2E:
         if trace is None:
             return self._pass_on(loop, exit)
         regs = loop.vcpu.get_regs()
-        if trace.completed_by_exit and regs.rip == trace.rip:
-            trace.completed_by_exit = False
-            return   # the late trap of an instruction already counted at its I/O exit
+        if regs.rip == trace.rip and not insn.branches_to_itself(trace.code, trace.opcode, trace.bits):
+            # No progress: a rep-string iteration, or a trap KVM reports again or late (VMX
+            # repeats it after port I/O; an OUT may already be counted at its I/O exit).
+            return
         self._step_done(loop, trace, regs)
 
     def _on_device_exit(self, loop, handler, exit):
@@ -252,13 +252,11 @@ class V2E:
         regs = loop.vcpu.get_regs()
         if regs.rip != trace.rip:
             self._step_done(loop, trace, regs)
-            trace.completed_by_exit = True
 
     def _step_done(self, loop, trace, regs):
         """The instruction at trace.rip executed; regs are the registers after it."""
         vcpu = loop.vcpu
         trace.steps += 1
-        trace.completed_by_exit = False
         decision = None
         if trace.record:
             trace.traced += 1

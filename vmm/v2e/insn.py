@@ -152,3 +152,20 @@ def _decode_vex(code, at, address_bits):
     code[length - 1]
     return length, (opcode_map << 8) | opcode
 
+
+
+_REL8_BRANCHES = frozenset((*range(0x70, 0x80), 0xE0, 0xE1, 0xE2, 0xE3, 0xEB))
+_RELATIVE_BRANCHES = frozenset((0xE8, 0xE9, *range(0x0F80, 0x0F90)))
+
+
+def branches_to_itself(code, opcode, bits):
+    """Whether a relative branch (code: the whole instruction) targets its own first byte."""
+    if opcode in _REL8_BRANCHES:
+        displacement = int.from_bytes(code[-1:], "little", signed=True)
+    elif opcode in _RELATIVE_BRANCHES:
+        prefixes = code[:len(code) - len(code.lstrip(bytes(_LEGACY_PREFIXES)))]
+        size = 4 if bits == 64 or (bits == 32) != (0x66 in prefixes) else 2
+        displacement = int.from_bytes(code[-size:], "little", signed=True)
+    else:
+        return False
+    return displacement == -len(code)

@@ -57,6 +57,7 @@ kvm_tests() {
 	r=0
 	/e2e/kvmtest smoke || r=1
 	/e2e/kvmtest trap $1 || r=1
+	/e2e/kvmtest steps
 	if [ -x /usr/bin/python3 ] && [ -f /e2e/kvm_smoke.py ] && [ ! -e /tmp/py-smoke.done ] &&
 	   { [ "${PYSMOKE:-}" = always ] || [ ! -d /opt/v2e/vmm ]; }; then
 		a=$(cut -d' ' -f1 /proc/uptime)
