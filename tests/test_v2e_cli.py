@@ -67,7 +67,7 @@ def test_trace_show_prints_events_pages_and_changed_registers(tmp_path):
     assert steps == ["  #1       0x200000  be 36 00 20 00           rsi=0x200036",
                      "  #2       0x200005  ac                       rax=0x200070 rsi=0x200037",
                      "  #3       0x200006  84 c0                    rflags=0x2"], steps
-    assert lines[-2] == f"  leave: left the watched pages at rip 0x10006e after 264 traced of 264 stepped instructions"
+    assert lines[-2] == "  leave: left the watched pages at rip 0x10006e after 264 traced of 264 stepped instructions"
     assert lines[-1].startswith("summary: 1 event, 264 instructions traced, stock backend, watched 0x200000-0x201000; "
                                 "run ended: test-exit (exit status 193)"), lines[-1]
 

@@ -8,7 +8,7 @@ from . import __doc__ as package_doc
 from . import cpu, doctor, loaders, pc
 from .devices.serial import SerialInput
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput, VmmError
-from .loader import read_image
+from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated
 from .stats import ExitStats
 from .v2e import cli as v2e_cli

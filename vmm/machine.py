@@ -3,7 +3,8 @@ import contextlib
 import threading
 import time
 
-from . import cpu, loader, pc
+from . import cpu, pc
+from .loaders import flat
 from .devices.bus import MmioBus, PortBus, SerializedDevice
 from .devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
 from .devices.serial import COM1_BASE, PORT_COUNT, Uart16550
@@ -90,7 +91,7 @@ class Machine:
             raise BadInput(f"unknown mode {mode!r}: choose one of {', '.join(cpu.MODES)}")
         load_addr = cpu.DEFAULT_LOAD_ADDR[mode] if load_addr is None else load_addr
         entry = load_addr if entry is None else entry
-        loader.load_flat(self.memory, image, load_addr, mode)
+        flat.load_flat(self.memory, image, load_addr, mode)
         if not self.memory.contains(entry):
             raise BadInput(f"entry point {entry:#x} is outside guest memory")
         self.setup_cpu(mode, entry, stack)

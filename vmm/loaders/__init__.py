@@ -5,7 +5,7 @@ given format into a machine and puts vCPU 0 at its entry point.
 """
 from .. import cpu
 from ..errors import BadInput
-from ..loader import read_image
+from .flat import read_image
 from . import elf, multiboot
 
 FORMATS = ("auto", "flat", "elf", "multiboot")

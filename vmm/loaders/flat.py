@@ -1,8 +1,8 @@
 """Loading guest images into guest RAM."""
 import os
 
-from .cpu import BOOT_AREA
-from .errors import BadInput
+from ..cpu import BOOT_AREA
+from ..errors import BadInput
 
 
 def read_image(path, limit):
