@@ -106,3 +106,10 @@ def test_system_event(run):
     exit = run(abi.KVM_EXIT_SYSTEM_EVENT, system_event__type=abi.KVM_SYSTEM_EVENT_RESET, system_event__ndata=1)
     assert isinstance(exit, exits.SystemEvent)
     assert report.describe(exit) == "SYSTEM_EVENT: RESET"
+
+
+def test_debug_exit(run):
+    exit = run(abi.KVM_EXIT_DEBUG, debug__arch__exception=1, debug__arch__pc=0x200005,
+               debug__arch__dr6=0xFFFF4FF0, debug__arch__dr7=0x400)
+    assert isinstance(exit, exits.Debug), f"expected Debug, got {exit!r}"
+    assert (exit.exception, exit.pc, exit.dr6, exit.dr7) == (1, 0x200005, 0xFFFF4FF0, 0x400)

@@ -187,6 +187,12 @@ assert [abi.ffi.offsetof("struct kvm_run", "io", field) - _IO_AT
         for field in ("direction", "size", "port", "count", "data_offset")] == [0, 1, 2, 4, 8]
 _REASON_AND_IO = struct.Struct(f"<I{_IO_AT - _REASON_AT - 4}xBBHIQ")
 _IO_OUT = abi.KVM_EXIT_IO_OUT
+# struct kvm_debug_exit_arch (exception, pad, pc, dr6, dr7) in one read: single-stepping
+# makes a DEBUG exit per guest instruction.
+_DEBUG_AT = abi.ffi.offsetof("struct kvm_run", "debug", "arch")
+assert [abi.ffi.offsetof("struct kvm_debug_exit_arch", field)
+        for field in ("exception", "pc", "dr6", "dr7")] == [0, 8, 16, 24]
+_DEBUG_ARCH = struct.Struct("<I4xQQQ")
 _MMIO_DATA = abi.ffi.offsetof("struct kvm_run", "mmio", "data")
 
 
@@ -211,6 +217,7 @@ def _decode_system_event(reason, run, view):
 
 
 _KVM_EXIT_IO = abi.KVM_EXIT_IO
+_KVM_EXIT_DEBUG = abi.KVM_EXIT_DEBUG
 _DECODERS = {
     abi.KVM_EXIT_MMIO: _decode_mmio,
     abi.KVM_EXIT_HLT: lambda reason, run, view: Hlt(reason),
@@ -220,8 +227,6 @@ _DECODERS = {
         reason, run.fail_entry.hardware_entry_failure_reason, run.fail_entry.cpu),
     abi.KVM_EXIT_INTERNAL_ERROR: _decode_internal,
     abi.KVM_EXIT_UNKNOWN: lambda reason, run, view: Unknown(reason, run.hw.hardware_exit_reason),
-    abi.KVM_EXIT_DEBUG: lambda reason, run, view: Debug(
-        reason, run.debug.arch.exception, run.debug.arch.pc, run.debug.arch.dr6, run.debug.arch.dr7),
     abi.KVM_EXIT_SYSTEM_EVENT: _decode_system_event,
     abi.KVM_EXIT_EMULATE: lambda reason, run, view: Emulate(
         reason, run.emulate.flags, run.emulate.gpa, run.emulate.gva, run.emulate.rip),
@@ -247,6 +252,8 @@ def decode(run, view, io=None):
         io.is_write = direction == _IO_OUT
         io.data = view[offset:end]
         return io
+    if reason == _KVM_EXIT_DEBUG:
+        return Debug(reason, *_DEBUG_ARCH.unpack_from(view, _DEBUG_AT))
     decoder = _DECODERS.get(reason)
     if decoder is None:
         return Unsupported(reason)
