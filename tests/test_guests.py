@@ -1,6 +1,8 @@
 """Every guest image boots in its CPU mode on the real /dev/kvm; outputs are exact."""
 import pytest
 
+from conftest import GUESTS
+
 pytestmark = pytest.mark.kvm
 
 
@@ -66,3 +68,21 @@ def test_guest_assertion_becomes_a_readable_failure(run_guest):
 def test_guest_runs_in_a_small_memory(run_guest):
     run = run_guest("hello_real", "real", mem_size=64 << 10).expect("halt")
     assert run.output == b"Hello from real mode!\n"
+
+
+def test_run_off_the_main_thread_needs_the_kick_handler(machine, monkeypatch):
+    import threading
+
+    from vmm import vcpu as vcpu_module
+    from vmm.errors import VmmError
+
+    vm = machine()
+    vm.load((GUESTS / "hello_long.bin").read_bytes(), mode="long")
+    monkeypatch.setattr(vcpu_module, "kick_handler_installed", lambda: False)
+    import vmm.machine
+    monkeypatch.setattr(vmm.machine, "kick_handler_installed", lambda: False)
+    failures = []
+    worker = threading.Thread(target=lambda: failures.append(pytest.raises(VmmError, vm.run, 1.0)))
+    worker.start()
+    worker.join()
+    assert "install_kick_handler" in str(failures[0].value)

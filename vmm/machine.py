@@ -13,7 +13,7 @@ from .errors import BadInput, VmmError
 from .memory import GuestMemory
 from .runloop import Outcome, RunLoop, guest_assert, interrupted, kvm_error, timed_out
 from .system import Kvm
-from .vcpu import install_kick_handler
+from .vcpu import install_kick_handler, kick_handler_installed
 
 DEFAULT_MEM = 128 << 20
 MAX_MEM = 3 << 30      # RAM stays below the 32-bit MMIO hole
@@ -117,6 +117,9 @@ class Machine:
         """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock."""
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
+        elif not kick_handler_installed():
+            raise VmmError("Machine.run() off the main thread needs vmm.vcpu.install_kick_handler() "
+                           "called on the main thread first (timeouts must be able to interrupt KVM_RUN)")
         errors = []
         threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]
         deadline = None if timeout is None else time.monotonic() + timeout

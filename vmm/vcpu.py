@@ -26,9 +26,13 @@ _REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 
 
+def kick_handler_installed():
+    return signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
 def install_kick_handler():
     """Install the no-op KICK_SIGNAL handler; must run on the main thread, once is enough."""
-    if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+    if not kick_handler_installed():
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
 
 
@@ -65,7 +69,8 @@ class Vcpu(_sys.FileDescriptor):
     def kick(self):
         """Make the running (or next) KVM_RUN return EINTR; callable from any thread."""
         self.run_struct.immediate_exit = 1
-        if self._thread_id is not None:
+        # Without the handler the signal's default action would end the whole process.
+        if self._thread_id is not None and kick_handler_installed():
             try:
                 signal.pthread_kill(self._thread_id, KICK_SIGNAL)
             except ProcessLookupError:
