@@ -1,4 +1,4 @@
-"""The few libc calls the VMM needs, through cffi in ABI mode (no fcntl.ioctl)."""
+"""The few libc calls the VMM needs, through cffi in ABI mode (not through the fcntl module)."""
 import os
 
 import cffi
