@@ -99,6 +99,12 @@ KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_SYNC_REGS = 74
+
+# kvm_run.kvm_valid_regs / kvm_dirty_regs (KVM_CAP_SYNC_REGS returns the supported set).
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
 
 # The exec-trap extension (patches/): numbers chosen far above upstream's
 # ranges (6.12 ends at exit 39, capability 238, ioctl nr 0xd5).

@@ -173,6 +173,13 @@ struct kvm_exec_trap {
     __u64 reserved[4];
 };
 
+/* KVM_CAP_SYNC_REGS: the registers KVM copies into kvm_run at every exit. */
+struct kvm_sync_regs {
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_vcpu_events events;
+};
+
 struct kvm_run {
     __u8 request_interrupt_window;
     __u8 immediate_exit;
@@ -246,6 +253,7 @@ struct kvm_run {
     __u64 kvm_valid_regs;
     __u64 kvm_dirty_regs;
     union {
+        struct kvm_sync_regs regs;
         char padding[2048];
     } s;
 };

@@ -6,6 +6,7 @@ import pytest
 import kvm_abi as abi
 from vmm import exits
 from vmm.v2e import V2E, Decision, page_bytes, read_trace
+from vmm.v2e import engine as engine_module
 from conftest import GUESTS
 
 pytestmark = pytest.mark.kvm
@@ -235,3 +236,42 @@ def test_closing_the_engine_restores_the_memslots_and_handlers(machine):
     assert vm.memory.unmapped_pages == frozenset()
     assert vm.mmio.find(0x200000, 1) == (None, None)
     assert {reason: vm.loops[0].handlers.get(reason) for reason in before} == before
+
+
+@pytest.mark.parametrize("name", ["packed_long", "packed_real"])
+def test_the_trace_is_the_same_without_sync_regs(run_packed, monkeypatch, name):
+    """KVM_CAP_SYNC_REGS only saves ioctls: reading each step's registers by KVM_GET_REGS
+    gives the same instructions, registers and counts."""
+    synced = run_packed(name, page_range(name))
+    monkeypatch.setattr(engine_module, "_sync_regs_supported", lambda machine: False)
+    unsynced = run_packed(name, page_range(name))
+    assert synced.engine._sync_regs and not unsynced.engine._sync_regs
+    assert unsynced.output == synced.output
+    assert unsynced.of_type("insn") == synced.of_type("insn")
+    assert unsynced.records[-1] == synced.records[-1]
+
+
+def test_a_loop_is_decoded_once_and_rewritten_code_again(machine, tmp_path, monkeypatch):
+    """Decoding is memoised by the bytes at RIP: the same bytes decode once, and code the
+    guest rewrites under the tracer is traced as it is now."""
+    decoded = []
+    real_decode = engine_module.insn.decode
+    monkeypatch.setattr(engine_module.insn, "decode", lambda code, bits: decoded.append(code) or real_decode(code, bits))
+    vm = machine(serial_output=io.BytesIO(), mem_size=MEM)
+    # mov $3, %ecx; 1: mov $1, %al; incb 0x200006 (the mov's immediate); dec %ecx; jnz 1b; hlt
+    code = bytes.fromhex("b903000000" "b001" "fe042506002000" "ffc9" "75f3" "f4")
+    vm.load(b"\xf4", mode="long", load_addr=0x100000, entry=0x200000)
+    vm.memory.write(0x200000, code)
+    path = tmp_path / "rewrite.jsonl"
+    with V2E(vm, [(0x200000, 0x201000)], backend="stock", trace_path=path) as engine:
+        outcome = vm.run(timeout=10)
+        engine.finish(outcome)
+    assert outcome.kind == "halt", outcome
+    insns = [r for r in read_trace(path) if r["type"] == "insn"]
+    turns = [[("0x200005", f"b00{n}"), ("0x200007", "fe042506002000"), ("0x20000e", "ffc9"), ("0x200010", "75f3")]
+             for n in (1, 2, 3)]
+    expected = [("0x200000", "b903000000")] + sum(turns, []) + [("0x200012", "f4")]
+    assert [(r["rip"], r["bytes"]) for r in insns] == expected
+    assert [int(r["regs"]["rax"], 16) & 0xFF for r in insns if r["bytes"].startswith("b0")] == [1, 2, 3]
+    # mov ecx, the three versions of mov al, incb, dec, jnz, hlt
+    assert len(decoded) == 8, f"expected 8 decodes for {len(expected)} instructions, got {len(decoded)}"

@@ -46,16 +46,17 @@ class VcpuExit:
 class Io(VcpuExit):
     """Port I/O; data is a writable view of the size*count bytes inside kvm_run."""
 
-    __slots__ = ("port", "size", "count", "is_write", "data")
+    __slots__ = ("port", "size", "count", "is_write", "data", "header")
     fields = ("port", "size", "count", "is_write")
 
-    def __init__(self, reason, port, size, count, is_write, data):
+    def __init__(self, reason, port, size, count, is_write, data, header=None):
         self.reason = reason
         self.port = port
         self.size = size
         self.count = count
         self.is_write = is_write
         self.data = data
+        self.header = header   # the raw kvm_run fields it was decoded from, when reused
 
 
 class Mmio(VcpuExit):
@@ -233,13 +234,18 @@ _DECODERS = {
 }
 
 
-def decode(run, view, io=None):
+def decode(run, view, io=None, debug=None):
     """Decode the exit in `run` (a struct kvm_run *); `view` is a memoryview of the whole mapping.
 
-    An I/O exit fills `io` (an Io) when one is given instead of making a new one:
-    a vCPU reuses one Io for all its I/O exits, which are valid until its next
-    KVM_RUN anyway (their data is a view into the kvm_run mapping)."""
-    reason, direction, size, port, count, offset = _REASON_AND_IO.unpack_from(view, _REASON_AT)
+    An I/O exit fills `io` (an Io) and a DEBUG exit fills `debug` (a Debug) when
+    one is given instead of making a new one: a vCPU reuses one of each for the
+    exits that come by the hundred thousand a second (every port write, every
+    single-step), which are valid until its next KVM_RUN anyway (an I/O exit's
+    data is a view into the kvm_run mapping)."""
+    header = _REASON_AND_IO.unpack_from(view, _REASON_AT)
+    if io is not None and header == io.header:
+        return io   # the same access as the last I/O exit (a loop on one port): already checked
+    reason, direction, size, port, count, offset = header
     if reason == _KVM_EXIT_IO:  # most exits: decoded here, without the table
         end = offset + size * count
         if size not in _IO_SIZES or count == 0 or offset < _RUN_SIZE or end > len(view):
@@ -251,9 +257,13 @@ def decode(run, view, io=None):
         io.count = count
         io.is_write = direction == _IO_OUT
         io.data = view[offset:end]
+        io.header = header
         return io
     if reason == _KVM_EXIT_DEBUG:
-        return Debug(reason, *_DEBUG_ARCH.unpack_from(view, _DEBUG_AT))
+        if debug is None:
+            return Debug(reason, *_DEBUG_ARCH.unpack_from(view, _DEBUG_AT))
+        debug.exception, debug.pc, debug.dr6, debug.dr7 = _DEBUG_ARCH.unpack_from(view, _DEBUG_AT)
+        return debug
     decoder = _DECODERS.get(reason)
     if decoder is None:
         return Unsupported(reason)

@@ -1,5 +1,7 @@
 """The vCPU file descriptor and its mapped struct kvm_run."""
 import errno
+import functools
+import struct
 import signal
 import threading
 
@@ -22,8 +24,14 @@ _KVM_RUN = kvm_abi.KVM_RUN
 _NULL = _sys.ffi.NULL
 _decode = exits.decode
 
-_REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+# struct kvm_regs is these 18 u64 in this order; read in one unpack.
+_REGS = struct.Struct("<18Q")
+assert [_sys.ffi.offsetof("struct kvm_regs", name) for name in REG_NAMES] == list(range(0, 18 * 8, 8))
+_SYNCED_REGS_AT = _sys.ffi.offsetof("struct kvm_run", "s", "regs", "regs")
+_RIP_INDEX = REG_NAMES.index("rip")
+_RIP = struct.Struct("<Q")
 
 
 def kick_handler_installed():
@@ -46,21 +54,23 @@ class Vcpu(_sys.FileDescriptor):
         self._mapping = _sys.mmap(mmap_size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0)
         self.run_struct = _sys.ffi.cast("struct kvm_run *", self._mapping)
         self._view = memoryview(_sys.ffi.buffer(self._mapping, mmap_size))
-        self._io = exits.Io(kvm_abi.KVM_EXIT_IO, 0, 0, 0, False, None)   # refilled at every I/O exit
+        # Refilled at every I/O and DEBUG exit.
+        self._io = exits.Io(kvm_abi.KVM_EXIT_IO, 0, 0, 0, False, None)
+        self._debug = exits.Debug(kvm_abi.KVM_EXIT_DEBUG, 0, 0, 0, 0)
         self._thread_id = None
 
     # -- running -------------------------------------------------------------
 
     def run(self):
         """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR); the exit is
-        valid until the next run() (an I/O exit is the same object every time)."""
+        valid until the next run() (an I/O or DEBUG exit is the same object every time)."""
         if _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
             error = _sys.ffi.errno
             if error == errno.EINTR or error == errno.EAGAIN:
                 self.run_struct.immediate_exit = 0
                 return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
             raise KvmError("KVM_RUN", error)
-        return _decode(self.run_struct, self._view, self._io)
+        return _decode(self.run_struct, self._view, self._io, self._debug)
 
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
@@ -94,9 +104,32 @@ class Vcpu(_sys.FileDescriptor):
     def set_sregs(self, sregs):
         _sys.ioctl(self.fd, kvm_abi.KVM_SET_SREGS, sregs)
 
-    def regs_dict(self):
-        regs = self.get_regs()
-        return {name: getattr(regs, name) for name in _REG_NAMES}
+    def register_values(self):
+        """The general registers as a tuple in REG_NAMES order (KVM_GET_REGS)."""
+        regs = _sys.ffi.new("struct kvm_regs *")
+        _sys.ioctl(self.fd, kvm_abi.KVM_GET_REGS, regs)
+        return _REGS.unpack(_sys.ffi.buffer(regs))
+
+    # KVM_CAP_SYNC_REGS: with KVM_SYNC_X86_REGS in kvm_valid_regs, KVM copies the general
+    # registers into kvm_run at every exit, which saves a KVM_GET_REGS per exit.
+
+    def sync_regs(self, enabled):
+        """Have KVM copy the general registers into kvm_run at every exit (or stop it)."""
+        self.run_struct.kvm_valid_regs = kvm_abi.KVM_SYNC_X86_REGS if enabled else 0
+
+    def register_reader(self, synced):
+        """A function of no arguments returning the general registers as register_values()
+        does: from kvm_run when synced (sync_regs on: no ioctl, no Python frame), else by
+        KVM_GET_REGS."""
+        if synced:
+            return functools.partial(_REGS.unpack_from, self._view, _SYNCED_REGS_AT)
+        return self.register_values
+
+    def rip_reader(self, synced):
+        """Like register_reader, for RIP alone; the function returns the 1-tuple (rip,)."""
+        if synced:
+            return functools.partial(_RIP.unpack_from, self._view, _SYNCED_REGS_AT + 8 * _RIP_INDEX)
+        return lambda: (self.register_values()[_RIP_INDEX],)
 
     def translate(self, linear_address):
         """KVM_TRANSLATE: (physical address, valid, writeable) of a guest linear address."""

@@ -7,8 +7,8 @@
   by a bare cffi loop (the floor for any Python VMM), and by the VMM's full
   run loop, port bus and UART.
 - Single-step rate: the same guest under KVM_GUESTDBG_SINGLESTEP, run by
-  pio_loop.c and by the VMM's run loop with a DEBUG handler; and the V2E
-  engine's tracing rate (instructions recorded per second).
+  pio_loop.c, by a bare cffi loop and by the VMM's run loop with a DEBUG
+  handler; and the V2E engine's tracing rate (instructions recorded per second).
 - Start-up: wall time and peak RSS of `vmm run` on the hello guests, and of
   QEMU on an equivalent real-mode BIOS image when qemu-system-x86_64 exists.
 
@@ -75,13 +75,17 @@ def _on_vcpu_thread(function):
     return result[0]
 
 
-def cffi_floor(guest, iterations):
-    """KVM_RUN through cffi and an exit-reason check, nothing else."""
+def cffi_floor(guest, iterations, single_step=False):
+    """KVM_RUN through cffi and an exit-reason check, nothing else (under single-step, the
+    DEBUG exits' pc too, to stop at the hlt)."""
     with Machine(serial_output=None) as machine:
         machine.load(guest_image(guest, iterations), mode="protected")
         vcpu = machine.vcpus[0]
+        if single_step:
+            vcpu.set_guest_debug(single_step=True)
         run_ioctl = vmm_sys.ffi.cast("int (*)(int, unsigned long, void *)", vmm_sys.libc.ioctl)
         fd, request, null, run = vcpu.fd, kvm_abi.KVM_RUN, vmm_sys.ffi.NULL, vcpu.run_struct
+        io, debug = kvm_abi.KVM_EXIT_IO, kvm_abi.KVM_EXIT_DEBUG
 
         def loop():
             exits = 0
@@ -90,7 +94,8 @@ def cffi_floor(guest, iterations):
                 if run_ioctl(fd, request, null) < 0:
                     raise OSError(vmm_sys.ffi.errno, "KVM_RUN")
                 exits += 1
-                if run.exit_reason != kvm_abi.KVM_EXIT_IO:
+                reason = run.exit_reason
+                if reason != io and (reason != debug or run.debug.arch.pc == HLT_ADDR):
                     break
             return exits / (time.perf_counter() - start)
 
@@ -138,13 +143,14 @@ def vmm_single_step(guest, iterations):
         return exits[0] / elapsed
 
 
-def v2e_trace_rate(guest, iterations):
-    """Instructions per second the V2E engine records while the guest runs in a watched page."""
+def v2e_trace_rate(guest, iterations, trace_path=None):
+    """Instructions per second the V2E engine records while the guest runs in a watched page
+    (into a JSONL trace when trace_path is given)."""
     from vmm.v2e import V2E, Decision
     with Machine(serial_output=None) as machine:
         machine.load(guest_image(guest, iterations), mode="protected")
         page = LOAD_ADDR & ~0xFFF
-        with V2E(machine, [(page, page + 4096)], backend="stock", max_steps=1 << 40,
+        with V2E(machine, [(page, page + 4096)], backend="stock", max_steps=1 << 40, trace_path=trace_path,
                  on_event=lambda event: Decision.TRACE) as engine:
             start = time.perf_counter()
             outcome = machine.run(timeout=600)
@@ -241,7 +247,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--exits", type=int, default=200_000, help="PIO exits per round (default: 200000)")
     parser.add_argument("--steps", type=int, default=50_000, help="single-stepped loop iterations (default: 50000)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept (default: 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default: 5)")
     parser.add_argument("--json", default=os.path.join(ROOT, "build", "bench.json"),
                         help="where to write the results (default: build/bench.json, which git ignores)")
     args = parser.parse_args(argv)
@@ -255,8 +261,10 @@ def main(argv=None):
         })
         step = best_of(args.rounds, {
             "c": lambda: c_loop(program, guest, args.steps, single_step=True),
+            "cffi_floor": lambda: cffi_floor(guest, args.steps, single_step=True),
             "vmm": lambda: vmm_single_step(guest, args.steps),
             "v2e": lambda: v2e_trace_rate(guest, args.steps),
+            "v2e_file": lambda: v2e_trace_rate(guest, args.steps, os.path.join(workdir, "trace.jsonl")),
         })
         start = startup(max(args.rounds, 5), workdir)
     results = {
@@ -266,6 +274,8 @@ def main(argv=None):
         "single_step_per_second": step,
         "single_step_ratio_vmm_to_c": step["vmm"] / step["c"],
         "single_step_ratio_v2e_to_c": step["v2e"] / step["c"],
+        "single_step_ratio_v2e_file_to_c": step["v2e_file"] / step["c"],
+        "single_step_ratio_cffi_floor_to_c": step["cffi_floor"] / step["c"],
         "startup": start,
         "parameters": {"exits": args.exits, "steps": args.steps, "rounds": args.rounds,
                        "cpus": os.cpu_count(), "load_average": os.getloadavg()},
@@ -275,8 +285,9 @@ def main(argv=None):
                         ("vmm", "VMM run loop + port bus + UART")):
         print(f"  {label:<42}{pio[name]:>12,.0f}{pio[name] / pio['c']:>12.2f}")
     print(f"{'single-step exits/s':<44}{'rate':>12}{'ratio to C':>12}")
-    for name, label in (("c", "C loop"), ("vmm", "VMM run loop, DEBUG handler"),
-                        ("v2e", "V2E engine (instructions traced/s)")):
+    for name, label in (("c", "C loop"), ("cffi_floor", "bare cffi loop"), ("vmm", "VMM run loop, DEBUG handler"),
+                        ("v2e", "V2E engine (instructions traced/s)"),
+                        ("v2e_file", "V2E engine, into a JSONL trace")):
         print(f"  {label:<42}{step[name]:>12,.0f}{step[name] / step['c']:>12.2f}")
     print(f"{'start-up (best of runs)':<44}{'wall s':>12}{'peak RSS MiB':>14}")
     for name, figures in start.items():

@@ -45,7 +45,7 @@ class PortBus:
     """The 64 KiB x86 I/O port space."""
 
     def __init__(self):
-        self._ports = {}                  # port -> (device, base)
+        self._ports = {}                  # port -> (device, offset of the port in the device)
         self.unclaimed_reads = Counter()  # port -> count
         self.unclaimed_writes = Counter()
 
@@ -56,7 +56,7 @@ class PortBus:
         if taken:
             raise BusConflict(f"port {taken[0]:#x} is already claimed")
         for port in range(base, base + length):
-            self._ports[port] = (device, base)
+            self._ports[port] = (device, port - base)
 
     def device_at(self, port):
         entry = self._ports.get(port)
@@ -70,8 +70,7 @@ class PortBus:
             if entry is None:
                 self.unclaimed_writes[port] += io.count
                 return
-            device, base = entry
-            offset = port - base
+            device, offset = entry
             if size == 1:
                 if io.count == 1:   # a plain `out %al`: most port writes
                     device.write(offset, 1, data[0])
@@ -86,8 +85,7 @@ class PortBus:
                 self.unclaimed_reads[port] += io.count
                 data[:] = b"\xff" * len(data)
                 return
-            device, base = entry
-            offset = port - base
+            device, offset = entry
             mask = (1 << (8 * size)) - 1
             for start in range(0, len(data), size):
                 data[start:start + size] = (device.read(offset, size) & mask).to_bytes(size, "little")

@@ -120,8 +120,12 @@ class Uart16550:
                 return
             if self.mcr & MCR_LOOP:
                 self._loopback.append(value)
-            else:
-                self._transmit(value)
+            else:   # transmit
+                self.bytes_written += 1
+                if self._output is not None:
+                    self._out_buffer.append(value)
+                    if value == 0x0A or len(self._out_buffer) >= FLUSH_THRESHOLD:
+                        self.flush()
             self._thr_interrupt = True
         elif offset == IER_DLM:
             if self.lcr & LCR_DLAB:
@@ -170,14 +174,6 @@ class Uart16550:
         if level != self._irq_level:
             self._irq_level = level
             self._irq_line(level)
-
-    def _transmit(self, byte):
-        self.bytes_written += 1
-        if self._output is None:
-            return
-        self._out_buffer.append(byte)
-        if byte == 0x0A or len(self._out_buffer) >= FLUSH_THRESHOLD:
-            self.flush()
 
     def flush(self):
         if self._out_buffer and self._output is not None:

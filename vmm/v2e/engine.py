@@ -22,15 +22,19 @@ from .. import exits
 from ..errors import EXIT_OK, VmmError
 from ..memory import PAGE_SIZE
 from ..runloop import Outcome, kvm_error
+from ..vcpu import REG_NAMES as GENERAL_REGISTERS
 from . import insn
 from ..report import rip_linear
-from .backends import CR0_PG, fetch_address, linear_to_physical, select_backend
+from .backends import CR0_PG, linear_to_physical, select_backend
 from .trace import TraceWriter, hexify
 from .watch import PAGE_MASK, WatchSet
 
 DEFAULT_MAX_STEPS = 100_000
-GENERAL_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-                     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+RIP = GENERAL_REGISTERS.index("rip")
+_DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
+# Decoded instructions are memoised by their bytes; a guest that generates code without
+# end only makes the table start over.
+MAX_MEMOISED_INSTRUCTIONS = 1 << 16
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 _SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g")
 _CONTROL = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
@@ -42,6 +46,11 @@ _MODE_CHANGERS = frozenset((0x9A, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xEA, 0xF1
                             0x0F00, 0x0F01, 0x0F05, 0x0F06, 0x0F07, 0x0F22, 0x0F30, 0x0F34, 0x0F35, 0x0FAA))
 _NEAR_BRANCHES = frozenset((*range(0x70, 0x80), 0xC2, 0xC3, 0xE0, 0xE1, 0xE2, 0xE3, 0xE8, 0xE9, 0xEB,
                             *range(0x0F80, 0x0F90)))
+# What the tracer does after an instruction, by kind: nothing special (RIP moved to a new
+# place unexpectedly: an exception, so re-read the special registers), nothing for a near
+# branch, re-read the special registers after a mode changer (or an undecodable
+# instruction), halt after HLT.
+_ORDINARY, _NEAR_BRANCH, _MODE_CHANGE, _HLT = range(4)
 CR0_PE = 1
 EFER_LMA = 1 << 10
 
@@ -64,6 +73,10 @@ def cpu_mode(sregs):
 
 def register_values(regs):
     return {name: getattr(regs, name) for name in GENERAL_REGISTERS}
+
+
+def _sync_regs_supported(machine):
+    return bool(machine.kvm.check_extension(abi.KVM_CAP_SYNC_REGS) & abi.KVM_SYNC_X86_REGS)
 
 
 def special_register_values(sregs):
@@ -96,32 +109,41 @@ class EmulateEvent:
 
 
 class Step:
-    """One traced instruction: where it was, its bytes, and the registers after it."""
+    """One traced instruction: where it was, its bytes, and the registers after it
+    (values: a tuple in GENERAL_REGISTERS order; regs: the same as a dict)."""
 
-    __slots__ = ("event", "index", "rip", "gpa", "code", "regs")
+    __slots__ = ("event", "index", "rip", "gpa", "code", "values")
 
-    def __init__(self, event, index, rip, gpa, code, regs):
-        self.event, self.index, self.rip, self.gpa, self.code, self.regs = event, index, rip, gpa, code, regs
+    def __init__(self, event, index, rip, gpa, code, values):
+        self.event, self.index, self.rip, self.gpa, self.code, self.values = event, index, rip, gpa, code, values
+
+    @property
+    def regs(self):
+        return dict(zip(GENERAL_REGISTERS, self.values))
 
     def __repr__(self):
         return f"Step(#{self.event.index}.{self.index}, rip={self.rip:#x}, {self.code.hex(' ')})"
 
 
 class _Trace:
-    """A vCPU's progress through watched code: the instruction about to execute."""
+    """A vCPU's progress through watched code: the instruction about to execute, and what
+    the tracer keeps between steps (the special registers, the current code page)."""
 
-    __slots__ = ("event", "record", "steps", "traced", "rip", "gpa", "code", "opcode",
-                 "saved_handlers", "sregs", "bits", "pages")
+    __slots__ = ("event", "record", "steps", "traced", "rip", "gpa", "code", "next_rip", "kind", "self_branch",
+                 "sregs", "bits", "flat_rip", "cs_base", "paging", "decoded",
+                 "pages", "linear_page", "page_gpa", "page_view")
 
-    def __init__(self, event, record, sregs, bits):
+    def __init__(self, event, record):
         self.event, self.record = event, record
         self.steps = self.traced = 0
-        self.rip = self.gpa = self.code = self.opcode = None
-        self.saved_handlers = {}   # exit reason -> the handler wrapped while tracing
-        self.sregs, self.bits = sregs, bits
+        # The instruction at rip: its bytes, where it goes when it does not branch, its kind,
+        # and whether it is a branch to itself (which makes no progress yet executes).
+        self.rip = self.gpa = self.code = self.next_rip = self.kind = self.self_branch = None
         # (CR3, linear page) -> physical page. A stale entry after the guest edits its page
         # tables only ends or prolongs the trace; the trap catches the next real fetch.
         self.pages = {}
+        # The watched page RIP is in: its linear and physical address and a view of its RAM.
+        self.linear_page = self.page_gpa = self.page_view = None
 
 
 class V2E:
@@ -143,7 +165,11 @@ class V2E:
         self.max_steps = max_steps
         self.on_event = on_event
         self.on_instruction = on_instruction
-        self.events = self.instructions = self.steps = 0
+        self.events = self.steps = 0
+        self._traced = 0            # instructions recorded by traces that ended
+        self._decoded = {16: {}, 32: {}, 64: {}}   # bits -> {code bytes: (code, opcode)}
+        # With KVM_CAP_SYNC_REGS a step's registers come with the exit, without an ioctl.
+        self._sync_regs = _sync_regs_supported(machine)
         self._lock = threading.Lock()
         self._active = {}        # vCPU id -> _Trace
         self._previous = {}      # (vCPU id, exit reason) -> the handler the engine replaced
@@ -154,7 +180,6 @@ class V2E:
             self._started = True
             for loop in machine.loops:
                 self._hook(loop, self.backend.exit_reason, self._on_trap)
-                self._hook(loop, abi.KVM_EXIT_DEBUG, self._on_debug)
         except BaseException:
             self.close()
             raise
@@ -166,6 +191,12 @@ class V2E:
     def _pass_on(self, loop, exit):
         self._previous[loop.vcpu.id, exit.reason](exit)
 
+    @property
+    def instructions(self):
+        """Instructions recorded so far, by every event."""
+        with self._lock:
+            return self._traced + sum(trace.traced for trace in self._active.values())
+
     # -- the trap ------------------------------------------------------------
 
     def _on_trap(self, loop, exit):
@@ -175,6 +206,8 @@ class V2E:
         if target is None:
             return self._pass_on(loop, exit)
         gpa, gva = target
+        if vcpu.id in self._active:   # the trap is disarmed while this vCPU traces
+            return self._pass_on(loop, exit)
         if gpa not in self.watch:
             self.machine.stop(kvm_error(f"vCPU {vcpu.id}: the {self.backend.name} backend reported "
                                         f"a fetch from gpa {gpa:#x}, which is not watched"))
@@ -182,7 +215,7 @@ class V2E:
         with self._lock:
             self.events += 1
             index = self.events
-        mode, bits = cpu_mode(sregs)
+        mode = cpu_mode(sregs)[0]
         event = EmulateEvent(index, vcpu.id, self.backend.name, gpa, gva, regs.rip, mode,
                              register_values(regs), special_register_values(sregs))
         decision = (self.on_event(event) if self.on_event else None) or Decision.TRACE
@@ -197,9 +230,14 @@ class V2E:
         if decision is Decision.STOP:
             self._stop_guest(event)
             return
-        trace = _Trace(event, decision is Decision.TRACE, sregs, bits)
-        self._next_instruction(trace, vcpu, regs, gpa)
+        trace = _Trace(event, decision is Decision.TRACE)
+        self._load_sregs(trace, sregs)
+        linear = rip_linear(regs, sregs)
+        trace.linear_page, trace.page_gpa = linear & PAGE_MASK, gpa & PAGE_MASK
+        trace.page_view = self.machine.memory.view(trace.page_gpa, PAGE_SIZE)
+        self._next_instruction(trace, vcpu, regs.rip, linear)
         self._begin(loop, trace)
+        self._single_step(loop, trace)
 
     def _stop_guest(self, event):
         self.machine.stop(Outcome("analysis-stop", EXIT_OK,
@@ -207,126 +245,161 @@ class V2E:
 
     # -- single-stepping -----------------------------------------------------
 
-    def _next_instruction(self, trace, vcpu, regs, gpa):
-        """Remember the instruction at RIP (gpa known) before it executes."""
-        trace.rip, trace.gpa = regs.rip, gpa
-        code = self._code_at(vcpu, trace.sregs, regs, gpa)
-        decoded = insn.decode(code, trace.bits)
-        if decoded is None:
-            trace.code, trace.opcode = code, None
-        else:
-            trace.code, trace.opcode = code[:decoded[0]], decoded[1]
+    def _load_sregs(self, trace, sregs):
+        """Take new special registers: CPU mode, CS base, paging; forget the code page."""
+        trace.sregs = sregs
+        trace.bits = cpu_mode(sregs)[1]
+        trace.flat_rip = trace.bits == 64
+        trace.cs_base = sregs.cs.base
+        trace.paging = bool(sregs.cr0 & CR0_PG)
+        trace.decoded = self._decoded[trace.bits]
+        trace.linear_page = trace.page_view = None
 
-    def _code_at(self, vcpu, sregs, regs, gpa):
-        """Up to 15 bytes of code at gpa, following RIP's linear address into the next page."""
+    def _next_instruction(self, trace, vcpu, rip, linear):
+        """Remember the instruction at RIP (linear, in trace's code page) before it executes."""
+        offset = linear & ~PAGE_MASK
+        trace.rip, trace.gpa = rip, trace.page_gpa | offset
+        if offset <= PAGE_SIZE - insn.MAX_LENGTH:
+            code = trace.page_view[offset:offset + insn.MAX_LENGTH].tobytes()
+        else:
+            code = self._code_across_pages(trace, vcpu, linear)
+        decoded = trace.decoded.get(code) or self._decode(trace, code)
+        trace.code, length, trace.kind, trace.self_branch = decoded
+        trace.next_rip = rip + length
+
+    def _decode(self, trace, code):
+        """(instruction bytes, length, kind, branches to itself) of the code at RIP, memoised
+        by the 15 bytes read there, so a loop is decoded once and rewritten code again."""
+        length_and_opcode = insn.decode(code, trace.bits)
+        if length_and_opcode is None:
+            decoded = (code, len(code), _MODE_CHANGE, False)
+        else:
+            length, opcode = length_and_opcode
+            kind = (_HLT if opcode == HLT_OPCODE else _MODE_CHANGE if opcode in _MODE_CHANGERS
+                    else _NEAR_BRANCH if opcode in _NEAR_BRANCHES else _ORDINARY)
+            decoded = (code[:length], length, kind, insn.branches_to_itself(code[:length], opcode, trace.bits))
+        if len(trace.decoded) >= MAX_MEMOISED_INSTRUCTIONS:
+            trace.decoded.clear()
+        trace.decoded[code] = decoded
+        return decoded
+
+    def _code_across_pages(self, trace, vcpu, linear):
+        """Up to 15 bytes at linear, whose page ends within 15 bytes: the rest comes from the
+        next linear page, wherever that is mapped."""
         memory = self.machine.memory
-        first = min(insn.MAX_LENGTH, PAGE_SIZE - (gpa & (PAGE_SIZE - 1)))
-        if not memory.contains(gpa, first):
-            return b""
-        code = memory.read(gpa, first)
-        if first < insn.MAX_LENGTH:
-            _, linear = fetch_address(vcpu, regs, sregs)
-            next_gpa = linear_to_physical(vcpu, sregs, (linear | (PAGE_SIZE - 1)) + 1)
-            if next_gpa is not None and memory.contains(next_gpa, insn.MAX_LENGTH - first):
-                code += memory.read(next_gpa, insn.MAX_LENGTH - first)
+        code = trace.page_view[linear & ~PAGE_MASK:].tobytes()
+        rest = insn.MAX_LENGTH - len(code)
+        next_gpa = (linear_to_physical(vcpu, trace.sregs, (linear | ~PAGE_MASK) + 1) if trace.paging
+                    else (linear | ~PAGE_MASK) + 1)
+        if next_gpa is not None and memory.contains(next_gpa, rest):
+            code += memory.read(next_gpa, rest)
         return code
 
-    def _on_debug(self, loop, exit):
-        trace = self._active.get(loop.vcpu.id)
-        if trace is None:
-            return self._pass_on(loop, exit)
-        regs = loop.vcpu.get_regs()
-        if regs.rip == trace.rip and not insn.branches_to_itself(trace.code, trace.opcode, trace.bits):
-            # No progress: a rep-string iteration, or a trap KVM reports again or late (VMX
-            # repeats it after port I/O; an OUT may already be counted at its I/O exit).
-            return
-        self._step_done(loop, trace, regs)
+    def _single_step(self, loop, trace):
+        """Run the vCPU one instruction at a time until the trace ends or the machine stops.
 
-    def _on_device_exit(self, loop, handler, exit):
-        """I/O and MMIO while tracing. KVM may advance RIP past an OUT (or an MMIO write)
-        before exiting and then report no single-step trap for it: count it here."""
-        handler(exit)
-        trace = self._active.get(loop.vcpu.id)
-        if trace is None:
-            return
-        regs = loop.vcpu.get_regs()
-        if regs.rip != trace.rip:
-            self._step_done(loop, trace, regs)
+        Every traced instruction is a KVM_RUN, so this loop, not RunLoop's, runs the vCPU
+        while it traces: DEBUG exits are steps; the other exits go to the vCPU's handlers.
+        The common step (recorded, an ordinary instruction or a near branch, the same code
+        page) stays in this function; everything else is a method call.
+        """
+        vcpu, machine, handlers, fatal = loop.vcpu, self.machine, loop.handlers, loop._fatal
+        read_rip, read_regs = vcpu.rip_reader(self._sync_regs), vcpu.register_reader(self._sync_regs)
+        records = self._writer or self.on_instruction
+        max_steps = self.max_steps
+        while machine.outcome is None:
+            exit = vcpu.run()
+            reason = exit.reason
+            if reason == _DEBUG:
+                rip, = read_rip()
+                if rip == trace.rip and not trace.self_branch:
+                    # No progress: a rep-string iteration, or a trap KVM reports again or late
+                    # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
+                    continue
+            else:
+                handlers.get(reason, fatal)(exit)
+                # KVM may advance RIP past an OUT (or an MMIO write) before exiting and then
+                # report no single-step trap for it: count it here.
+                if (reason != _IO and reason != _MMIO) or machine.outcome is not None:
+                    continue
+                rip, = read_rip()
+                if rip == trace.rip:
+                    continue
+            # The instruction at trace.rip executed.
+            trace.steps += 1
+            if trace.record:
+                trace.traced += 1
+                if (records or trace.traced >= max_steps) and not self._recorded(loop, trace, read_regs()):
+                    return
+            kind = trace.kind
+            if kind >= _MODE_CHANGE or (kind == _ORDINARY and rip != trace.next_rip):
+                if kind == _HLT:
+                    # With single-step on, KVM reports HLT as a DEBUG exit and goes past it.
+                    self._end(loop, trace, rip, "hlt")
+                    handlers[abi.KVM_EXIT_HLT](exits.Hlt(abi.KVM_EXIT_HLT))
+                    return
+                self._load_sregs(trace, vcpu.get_sregs())
+            linear = rip if trace.flat_rip else (trace.cs_base + rip) & 0xFFFFFFFF
+            if linear & PAGE_MASK != trace.linear_page and not self._enter_page(trace, vcpu, linear & PAGE_MASK):
+                self._end(loop, trace, rip, "left the watched pages")
+                return
+            self._next_instruction(trace, vcpu, rip, linear)
 
-    def _step_done(self, loop, trace, regs):
-        """The instruction at trace.rip executed; regs are the registers after it."""
-        vcpu = loop.vcpu
-        trace.steps += 1
+    def _recorded(self, loop, trace, values):
+        """Write a recorded instruction (values: the registers after it), get the analysis's
+        word on it, apply the budget; False when the trace has ended."""
+        if self._writer:
+            self._writer.instruction(trace.event.index, trace.traced, trace.rip, trace.gpa, trace.code, values)
         decision = None
-        if trace.record:
-            trace.traced += 1
-            with self._lock:
-                self.instructions += 1
-            after = register_values(regs)
-            if self._writer:
-                self._writer.write({"type": "insn", "event": trace.event.index, "step": trace.traced,
-                                    "rip": f"{trace.rip:#x}", "gpa": f"{trace.gpa:#x}",
-                                    "bytes": trace.code.hex(), "regs": hexify(after)})
-            if self.on_instruction:
-                decision = self.on_instruction(Step(trace.event, trace.traced, trace.rip, trace.gpa,
-                                                    trace.code, after))
-            if trace.traced >= self.max_steps:
-                trace.record = False
-        if decision is Decision.STOP:
-            self._end(loop, trace, regs.rip, "stopped by the analysis")
-            self._stop_guest(trace.event)
-            return
-        if decision is Decision.SKIP:
+        if self.on_instruction:
+            decision = self.on_instruction(Step(trace.event, trace.traced, trace.rip, trace.gpa,
+                                                trace.code, values))
+        if trace.traced >= self.max_steps or decision is Decision.SKIP or decision is Decision.STOP:
             trace.record = False
-        # With single-step on, KVM reports HLT as a DEBUG exit and goes past it: halt here.
-        if trace.opcode == HLT_OPCODE:
-            self._end(loop, trace, regs.rip, "hlt")
-            loop.handlers[abi.KVM_EXIT_HLT](exits.Hlt(abi.KVM_EXIT_HLT))
-            return
-        opcode = trace.opcode
-        if (opcode is None or opcode in _MODE_CHANGERS
-                or (regs.rip != trace.rip + len(trace.code) and opcode not in _NEAR_BRANCHES)):
-            trace.sregs = vcpu.get_sregs()
-            trace.bits = cpu_mode(trace.sregs)[1]
-        gpa = self._rip_gpa(trace, vcpu, regs)
-        if gpa is None or gpa not in self.watch:
-            self._end(loop, trace, regs.rip, "left the watched pages")
-            return
-        self._next_instruction(trace, vcpu, regs, gpa)
+            if self._writer:   # what was recorded is complete: make it visible now
+                self._writer.flush()
+        if decision is Decision.STOP:
+            self._end(loop, trace, values[RIP], "stopped by the analysis")
+            self._stop_guest(trace.event)
+            return False
+        return True
 
-    def _rip_gpa(self, trace, vcpu, regs):
-        sregs = trace.sregs
-        linear = rip_linear(regs, sregs)
-        if not sregs.cr0 & CR0_PG:
-            return linear
-        key = (sregs.cr3, linear & PAGE_MASK)
-        page = trace.pages.get(key)
-        if page is None:
-            physical = linear_to_physical(vcpu, sregs, linear & PAGE_MASK)
-            if physical is None:
-                return None
-            page = trace.pages[key] = physical
-        return page | (linear & (PAGE_SIZE - 1))
+    def _enter_page(self, trace, vcpu, linear_page):
+        """Make linear_page the trace's code page; False when it is not a watched page."""
+        page = linear_page
+        if trace.paging:
+            key = (trace.sregs.cr3, linear_page)
+            page = trace.pages.get(key)
+            if page is None:
+                page = linear_to_physical(vcpu, trace.sregs, linear_page)
+                if page is None:
+                    return False
+                trace.pages[key] = page
+        if page not in self.watch.pages:
+            return False
+        trace.linear_page, trace.page_gpa = linear_page, page
+        trace.page_view = self.machine.memory.view(page, PAGE_SIZE)
+        return True
 
     def _begin(self, loop, trace):
-        """Disarm the trap (the first vCPU to trace), watch device exits, single-step."""
+        """Disarm the trap (the first vCPU to trace) and single-step."""
         with self._lock:
             if not self._active:
                 self.backend.disarm()
             self._active[loop.vcpu.id] = trace
-        for reason in (abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO):
-            handler = loop.handlers[reason]
-            trace.saved_handlers[reason] = handler
-            loop.handlers[reason] = functools.partial(self._on_device_exit, loop, handler)
+        if self._sync_regs:
+            loop.vcpu.sync_regs(True)
         loop.vcpu.set_guest_debug(single_step=True)
 
     def _end(self, loop, trace, rip, reason):
         """Back to full speed: single-step off, the trap re-armed once no vCPU traces."""
         loop.vcpu.set_guest_debug()
-        loop.handlers.update(trace.saved_handlers)
+        loop.vcpu.sync_regs(False)
+        trace.page_view = None
         with self._lock:
             del self._active[loop.vcpu.id]
             self.steps += trace.steps
+            self._traced += trace.traced
             if not self._active:
                 self.backend.arm()
         self._write_leave(trace, rip, reason)
@@ -355,10 +428,13 @@ class V2E:
         """Close the trace file with its summary (after the run: no vCPU thread is running)."""
         for vcpu_id, trace in list(self._active.items()):
             loop = next(loop for loop in self.machine.loops if loop.vcpu.id == vcpu_id)
-            loop.handlers.update(trace.saved_handlers)
-            self.steps += trace.steps
+            loop.vcpu.sync_regs(False)
+            trace.page_view = None
+            with self._lock:
+                self.steps += trace.steps
+                self._traced += trace.traced
+                del self._active[vcpu_id]
             self._write_leave(trace, trace.rip, "the run ended")
-        self._active.clear()
         if self._writer:
             self._writer.close(self.summary(outcome))
             self._writer = None

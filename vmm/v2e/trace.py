@@ -1,4 +1,5 @@
-"""The V2E trace file: JSON Lines, one record per line, flushed as written.
+"""The V2E trace file: JSON Lines, one record per line, flushed as written (insn records
+in groups of 64, when recording stops, and with the next record of another type).
 
 Records ("type" field):
   event    an entry into the watched pages: event number, vCPU, backend, gpa, gva, rip,
@@ -19,8 +20,15 @@ import json
 import threading
 
 from ..errors import BadInput
+from ..vcpu import REG_NAMES
 
 FORMAT_VERSION = 1
+# An insn record as json.dumps(record, separators=(",", ":")) writes it, as a %-template:
+# one per traced instruction, where json.dumps and hexify would cost more than the step.
+_INSN_LINE = ('{"type":"insn","event":%d,"step":%d,"rip":"%#x","gpa":"%#x","bytes":"%s","regs":{'
+              + ",".join(f'"{name}":"%#x"' for name in REG_NAMES) + "}}\n")
+# insn records wait in memory in groups of this many lines (about 30 KiB).
+PENDING_INSN_LINES = 64
 
 
 def hexify(mapping):
@@ -37,13 +45,33 @@ class TraceWriter:
         except OSError as error:
             raise BadInput(f"{path}: cannot write the trace: {error.strerror}") from None
         self._lock = threading.Lock()
+        self._pending = []   # insn lines not yet handed to the file
 
     def write(self, record):
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
-            if self._file is not None:
-                self._file.write(line)
-                self._file.flush()
+            self._pending.append(line)
+            self._write_pending()
+
+    def instruction(self, event, step, rip, gpa, code, values):
+        """An insn record; values are the registers in REG_NAMES order. Unlike the other
+        records it is written in groups: flush(), the next other record or close() writes it."""
+        line = _INSN_LINE % ((event, step, rip, gpa, code.hex()) + values)
+        with self._lock:
+            self._pending.append(line)
+            if len(self._pending) >= PENDING_INSN_LINES:
+                self._write_pending()
+
+    def flush(self):
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self):
+        """Write and flush the waiting lines (the lock is held)."""
+        if self._file is not None:
+            self._file.write("".join(self._pending))
+            self._file.flush()
+        self._pending.clear()
 
     def page(self, event, gpa, data):
         self.write({"type": "page", "event": event, "gpa": f"{gpa:#x}", "size": len(data),
