@@ -8,7 +8,8 @@
   run loop, port bus and UART.
 - Single-step rate: the same guest under KVM_GUESTDBG_SINGLESTEP, run by
   pio_loop.c, by a bare cffi loop and by the VMM's run loop with a DEBUG
-  handler; and the V2E engine's tracing rate (instructions recorded per second).
+  handler; and the V2E engine's tracing rate (instructions recorded per second,
+  counted and into a JSONL trace).
 - Start-up: wall time and peak RSS of `vmm run` on the hello guests, and of
   QEMU on an equivalent real-mode BIOS image when qemu-system-x86_64 exists.
 

@@ -1,16 +1,18 @@
 """The V2E engine: trap execution of watched pages, trace it instruction by instruction,
 then let the guest go back to hardware speed.
 
-It hooks into each vCPU's RunLoop by replacing handler-table entries: the
+It hooks into each vCPU's RunLoop by replacing one handler-table entry: the
 backend's trap exit (KVM_EXIT_INTERNAL_ERROR on stock KVM, KVM_EXIT_EMULATE
-with the patch) and KVM_EXIT_DEBUG for single-steps. Everything else (I/O,
-MMIO, HLT) keeps flowing through the ordinary handlers, also while tracing.
+with the patch).
 
 On an event: record it (registers, every watched page), ask the analyst's
-callback what to do, disarm the trap and single-step. Each DEBUG exit is one
-executed instruction; when RIP leaves the watched pages, single-step is
-switched off and the trap re-armed, so the guest runs at full speed until the
-next entry.
+callback what to do, disarm the trap and single-step. While a vCPU traces,
+the engine runs it in its own loop: each DEBUG exit is one executed
+instruction, with the registers KVM copies into kvm_run (KVM_CAP_SYNC_REGS);
+every other exit (I/O, MMIO, HLT) goes to the vCPU's ordinary handlers. When
+RIP leaves the watched pages, single-step is switched off, the trap re-armed
+and the vCPU handed back to RunLoop, so the guest runs at full speed until
+the next entry.
 """
 import enum
 import functools
@@ -32,9 +34,10 @@ from .watch import PAGE_MASK, WatchSet
 DEFAULT_MAX_STEPS = 100_000
 RIP = GENERAL_REGISTERS.index("rip")
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
-# Decoded instructions are memoised by their bytes; a guest that generates code without
-# end only makes the table start over.
-MAX_MEMOISED_INSTRUCTIONS = 1 << 16
+# Decoded instructions are memoised by their bytes, and page translations by (CR3, linear
+# page); a guest that generates code or aliases pages without end only makes a table start over.
+MAX_MEMOISED_INSTRUCTIONS = 1 << 14
+MAX_CACHED_PAGES = 1 << 12
 _SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 _SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g")
 _CONTROL = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
@@ -374,6 +377,8 @@ class V2E:
                 page = linear_to_physical(vcpu, trace.sregs, linear_page)
                 if page is None:
                     return False
+                if len(trace.pages) >= MAX_CACHED_PAGES:
+                    trace.pages.clear()
                 trace.pages[key] = page
         if page not in self.watch.pages:
             return False
