@@ -1,7 +1,9 @@
 /* An SMP multiboot kernel (32-bit protected mode). The bootstrap CPU reads the
  * CPU count from fw_cfg, starts the others with INIT/SIPI/SIPI through its
  * local APIC, and every CPU prints its APIC id in turn (APIC id order, so the
- * output is exact). Once all have reported, the bootstrap CPU exits through
+ * output is exact). Once all have reported, every CPU calls `shared_code`, alone
+ * in the page at 0x101000, CALLS times at once with the others; when all are
+ * done the bootstrap CPU prints the count of calls and exits through
  * isa-debug-exit with a 32-bit write. */
         .include "serial.inc"
         .include "fw_cfg.inc"
@@ -21,12 +23,13 @@
         .set TRAMPOLINE, 0x10000           /* start-up vector 0x10 */
         .set STACK_SIZE, 4096
         .set MAX_CPUS, 16
+        .set CALLS, 25                     /* calls of shared_code per CPU */
 
-        .section .multiboot, "a"
+        /* The multiboot header leads .text: it must lie in the image's first 8 KiB,
+         * and .text, with shared_code's page in it, is larger. */
+        .text
         .balign 4
         .long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
-
-        .text
         .code32
         .globl _start
 _start:
@@ -80,6 +83,19 @@ _start:
         call putdec
         mov $done_tail, %esi
         serial_puts
+
+        movl $1, go                        /* every CPU calls shared_code at once */
+        call call_shared_code
+        mov cpu_count, %ecx
+3:      pause
+        cmp finished, %ecx
+        jne 3b
+        mov $calls_label, %esi
+        serial_puts
+        mov calls, %eax
+        call putdec
+        mov $newline, %esi
+        serial_puts
         mov $EXIT_PORT, %dx
         mov $EXIT_VALUE, %eax
         out %eax, %dx
@@ -115,6 +131,18 @@ report:
         serial_puts
         lea 1(%ebp), %eax
         mov %eax, turn
+        ret
+
+/* Wait for the go, call shared_code CALLS times, count this CPU as finished. */
+call_shared_code:
+1:      pause
+        cmpl $0, go
+        je 1b
+        mov $CALLS, %ebx
+2:      call shared_code
+        dec %ebx
+        jnz 2b
+        lock incl finished
         ret
 
 /* Print EAX in decimal (each CPU has its own buffer on its stack). */
@@ -165,9 +193,20 @@ ap_protected:
         imul $STACK_SIZE, %eax
         lea stacks(%eax), %esp             /* the top of this CPU's own stack */
         call report
+        call call_shared_code
 1:      cli
         hlt
         jmp 1b
+
+/* Alone in its page (0x101000 with the Makefile's -Ttext): the code to watch. */
+        .org 0x1000
+shared_code:
+        mov $3, %ecx
+1:      dec %ecx
+        jnz 1b
+        lock incl calls
+        ret
+        .org 0x2000
 
         .data
         .balign 8
@@ -182,11 +221,15 @@ gdt_pointer:
 
 cpu_count:    .long 0
 turn:         .long 0
+go:           .long 0
+finished:     .long 0
+calls:        .long 0
 cpus_label:   .asciz "smp: fw_cfg reports "
 apic_label:   .asciz "cpu with apic id "
 online_label: .asciz " online\n"
 done_label:   .asciz "smp: all "
 done_tail:    .asciz " cpus reported\n"
+calls_label:  .asciz "smp: calls of the shared code: "
 newline:      .asciz "\n"
 fail_message: .asciz "smp: bad boot state\n"
 

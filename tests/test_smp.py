@@ -1,6 +1,9 @@
 """SMP: application processors come up through INIT/SIPI from the in-kernel LAPIC,
-every CPU reports its APIC id, and any ending stops all vCPU threads."""
+every CPU reports its APIC id, any ending stops all vCPU threads, and V2E traces
+every execution of watched code on every vCPU."""
+import collections
 import threading
+import time
 
 import pytest
 
@@ -8,16 +11,21 @@ import kvm_abi
 from conftest import GUESTS
 from test_cli import assert_one_line_error, vmm
 from vmm.errors import EXIT_BAD_INPUT
+from vmm.v2e import V2E, read_trace
 
 pytestmark = pytest.mark.kvm
 
 SMP_STATUS = (0x10 << 1) | 1
+SHARED_CODE = 0x101000             # smp.s: shared_code, alone in its page
+CALLS_PER_CPU = 25
+SHARED_CODE_INSTRUCTIONS = 9       # mov; dec, jnz three times; lock incl; ret
 
 
 def smp_output(cpus):
     lines = [b"smp: fw_cfg reports %d" % cpus]
     lines += [b"cpu with apic id %d online" % apic_id for apic_id in range(cpus)]
     lines.append(b"smp: all %d cpus reported" % cpus)
+    lines.append(b"smp: calls of the shared code: %d" % (cpus * CALLS_PER_CPU))
     return b"\n".join(lines) + b"\n"
 
 
@@ -52,3 +60,39 @@ def test_any_ending_stops_every_vcpu_thread(machine, name, kind):
 ])
 def test_smp_option_errors(args, text):
     assert_one_line_error(vmm("run", *args), EXIT_BAD_INPUT, text)
+
+
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_every_call_on_every_cpu_is_one_traced_event(cpus, tmp_path):
+    """All CPUs call the watched code at once. While one vCPU traces, the trap is disarmed
+    for the whole VM, so the others wait: no call runs untraced, and each event's records
+    (event, page, its instructions, leave) follow one another."""
+    path = tmp_path / "smp.jsonl"
+    result = vmm("run", str(GUESTS / "smp.elf"), "--smp", str(cpus), "--watch", hex(SHARED_CODE),
+                 "--trace", str(path), "--timeout", "30")
+    assert result.stdout == smp_output(cpus), result.stderr.decode()
+    assert result.returncode == SMP_STATUS, f"expected {SMP_STATUS}, got {result.returncode}: {result.stderr}"
+    records = read_trace(path)
+    events = [r for r in records if r["type"] == "event"]
+    per_vcpu = collections.Counter(event["vcpu"] for event in events)
+    assert sorted(per_vcpu.items()) == [(cpu, CALLS_PER_CPU) for cpu in range(cpus)], per_vcpu
+    one_event = ["event", "page"] + ["insn"] * SHARED_CODE_INSTRUCTIONS + ["leave"]
+    assert [r["type"] for r in records] == one_event * (cpus * CALLS_PER_CPU) + ["summary"]
+    assert {(r["reason"], r["instructions"]) for r in records if r["type"] == "leave"} == {
+        ("left the watched pages", SHARED_CODE_INSTRUCTIONS)}
+
+
+def test_a_timeout_while_one_vcpu_traces_and_the_others_wait_stops_them_all(machine):
+    before = {thread.name for thread in threading.enumerate()}
+    vm = machine(vcpus=4, machine_type="pc")
+    vm.load((GUESTS / "forever.bin").read_bytes(), mode="long")
+    with V2E(vm, [(0x100000, 0x101000)], backend="stock", max_steps=10) as engine:
+        start = time.monotonic()
+        outcome = vm.run(timeout=1.0)
+        elapsed = time.monotonic() - start
+        engine.finish(outcome)
+    assert outcome.kind == "timeout", f"expected timeout, got {outcome}"
+    assert elapsed < 2.0, f"the run took {elapsed:.2f} s after a 1 s timeout"
+    assert engine.events == 1 and engine.instructions == 10, engine.summary(outcome)
+    left = {thread.name for thread in threading.enumerate()} - before
+    assert not left, f"vCPU threads still running: {left}"

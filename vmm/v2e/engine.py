@@ -28,6 +28,7 @@ from ..vcpu import REG_NAMES as GENERAL_REGISTERS
 from . import insn
 from ..report import rip_linear
 from .backends import CR0_PG, linear_to_physical, select_backend
+from .pause import PauseOthers
 from .trace import TraceWriter, hexify
 from .watch import PAGE_MASK, WatchSet
 
@@ -174,6 +175,7 @@ class V2E:
         # With KVM_CAP_SYNC_REGS a step's registers come with the exit, without an ioctl.
         self._sync_regs = _sync_regs_supported(machine)
         self._lock = threading.Lock()
+        self._pause = PauseOthers(machine)   # one vCPU traces at a time, the others wait
         self._active = {}        # vCPU id -> _Trace
         self._previous = {}      # (vCPU id, exit reason) -> the handler the engine replaced
         self._writer = TraceWriter(trace_path) if trace_path else None
@@ -183,6 +185,7 @@ class V2E:
             self._started = True
             for loop in machine.loops:
                 self._hook(loop, self.backend.exit_reason, self._on_trap)
+                self._hook(loop, abi.KVM_EXIT_INTR, self._on_interrupt)
         except BaseException:
             self.close()
             raise
@@ -215,6 +218,19 @@ class V2E:
             self.machine.stop(kvm_error(f"vCPU {vcpu.id}: the {self.backend.name} backend reported "
                                         f"a fetch from gpa {gpa:#x}, which is not watched"))
             return
+        # The trap is disarmed VM-wide while this vCPU traces: the others wait meanwhile, so
+        # none runs watched code unseen. (While waiting, this vCPU's registers stay as they are.)
+        if not self._pause.pause(vcpu):
+            return   # the machine is stopping
+        try:
+            self._event(loop, regs, sregs, gpa, gva)
+        except BaseException:
+            self._pause.resume()
+            raise
+
+    def _event(self, loop, regs, sregs, gpa, gva):
+        """Record the event, ask the analysis, then trace (the other vCPUs are paused)."""
+        vcpu = loop.vcpu
         with self._lock:
             self.events += 1
             index = self.events
@@ -232,6 +248,7 @@ class V2E:
                 self._writer.page(index, page, self.machine.memory.read(page, PAGE_SIZE))
         if decision is Decision.STOP:
             self._stop_guest(event)
+            self._pause.resume()
             return
         trace = _Trace(event, decision is Decision.TRACE)
         self._load_sregs(trace, sregs)
@@ -241,6 +258,11 @@ class V2E:
         self._next_instruction(trace, vcpu, regs.rip, linear)
         self._begin(loop, trace)
         self._single_step(loop, trace)
+
+    def _on_interrupt(self, loop, exit):
+        """A kick: this vCPU waits here while another traces."""
+        self._pause.wait_while_paused(loop.vcpu)
+        self._pass_on(loop, exit)
 
     def _stop_guest(self, event):
         self.machine.stop(Outcome("analysis-stop", EXIT_OK,
@@ -407,6 +429,7 @@ class V2E:
             self._traced += trace.traced
             if not self._active:
                 self.backend.arm()
+        self._pause.resume()
         self._write_leave(trace, rip, reason)
 
     def _write_leave(self, trace, rip, reason):
@@ -440,6 +463,7 @@ class V2E:
                 self._traced += trace.traced
                 del self._active[vcpu_id]
             self._write_leave(trace, trace.rip, "the run ended")
+        self._pause.resume()
         if self._writer:
             self._writer.close(self.summary(outcome))
             self._writer = None
