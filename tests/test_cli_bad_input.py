@@ -22,6 +22,26 @@ def elf64_header(phoff, phnum):
             + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, phoff, 0, 0, 64, 56, phnum, 64, 0, 0))
 
 
+def elf64_with(image, shoff=None, shnum=None, symtab_link=None):
+    """A copy of an ELF64 file with its section header offset or count, or its symbol
+    table's sh_link, replaced."""
+    image = bytearray(image)
+    if shoff is not None:
+        struct.pack_into("<Q", image, 40, shoff)
+    if shnum is not None:
+        struct.pack_into("<H", image, 60, shnum)
+    if symtab_link is not None:
+        (table_at,) = struct.unpack_from("<Q", image, 40)
+        (count,) = struct.unpack_from("<H", image, 60)
+        for header in range(table_at, table_at + 64 * count, 64):
+            if struct.unpack_from("<I", image, header + 4)[0] == 2:   # SHT_SYMTAB
+                struct.pack_into("<I", image, header + 40, symtab_link)
+    return bytes(image)
+
+
+ELF_GUEST = (GUESTS / "hello_elf64.elf").read_bytes()
+
+
 def multiboot_header(flags, checksum=None, addresses=()):
     checksum = -(MULTIBOOT_MAGIC + flags) & 0xFFFFFFFF if checksum is None else checksum
     return struct.pack(f"<III{len(addresses)}I", MULTIBOOT_MAGIC, flags, checksum, *addresses) + bytes(64)
@@ -35,6 +55,9 @@ FILES = {
     "multiboot_header_below_load.bin": multiboot_header(MULTIBOOT_AOUT_KLUDGE,
                                                         addresses=(0, 0xFFF00000, 0xFFF00000, 0xFFF00000, 0xFFF00000)),
     "not_json.jsonl": b"{not json\n",
+    "elf_stripped.elf": elf64_with(ELF_GUEST, shnum=0),
+    "elf_shoff_past_end.elf": elf64_with(ELF_GUEST, shoff=0xFFFFFF),
+    "elf_symtab_bad_link.elf": elf64_with(ELF_GUEST, symtab_link=0xFFFF),
 }
 
 
@@ -89,6 +112,11 @@ CASES = [
     (["run", HELLO, "--watch", "0x100001"], BAD_INPUT, "is not page aligned"),
     (["run", HELLO, "--watch", "0x100000000"], BAD_INPUT, "is outside guest memory"),
     (["run", HELLO, "--trace", "{dir}/trace.jsonl"], BAD_INPUT, "--trace needs at least one --watch range"),
+    (["run", HELLO, "--watch-symbol", "main"], BAD_INPUT, "--watch-symbol needs an ELF image"),
+    (["run", str(GUESTS / "hello_elf64.elf"), "--watch-symbol", "nope"], BAD_INPUT, "no symbol 'nope'"),
+    (["run", "{dir}/elf_stripped.elf", "--watch-symbol", "main64"], BAD_INPUT, "no section headers"),
+    (["run", "{dir}/elf_shoff_past_end.elf", "--watch-symbol", "main64"], BAD_INPUT, "section headers at offset"),
+    (["run", "{dir}/elf_symtab_bad_link.elf", "--watch-symbol", "main64"], BAD_INPUT, "malformed symbol table"),
     (["run", HELLO, "--watch", "0x100000", "--trace", "/nonexistent/t.jsonl"], BAD_INPUT, "cannot write the trace"),
     (["run", HELLO, "--max-steps", "0"], BAD_INPUT, "must be at least 1"),
     (["run", HELLO, "--backend", "bogus"], BAD_INPUT, "argument --backend: invalid choice"),

@@ -54,6 +54,27 @@ def test_watched_run_keeps_the_guest_result_and_writes_the_trace(tmp_path):
     assert (records[-1]["outcome"], records[-1]["exit_status"]) == ("test-exit", 193)
 
 
+ELF_GUEST = str(GUESTS / "hello_elf64.elf")
+
+
+@pytest.mark.parametrize("image, watch, watched, events", [
+    # a symbol without a size: its page; with --watch on the same page, one range
+    ([str(GUESTS / "smp.elf"), "--smp", "2"], ["--watch-symbol", "shared_code", "--watch", "0x101000"],
+     [["0x101000", "0x102000"]], 50),
+    # two functions in one page: one range, entered once (at _start, in the same page)
+    ([ELF_GUEST], ["--watch-symbol", "puts", "--watch-symbol", "main64"], [["0x201000", "0x202000"]], 1),
+    # a 16 KiB object across five pages: data only, never executed
+    ([ELF_GUEST], ["--watch-symbol", "stack"], [["0x203000", "0x208000"]], 0),
+])
+def test_watch_symbol_watches_the_pages_of_elf_symbols(tmp_path, image, watch, watched, events):
+    plain = vmm("run", *image)
+    path = tmp_path / "symbol.jsonl"
+    result = vmm("run", *image, *watch, "--trace", str(path))
+    assert (result.returncode, result.stdout) == (plain.returncode, plain.stdout), result.stderr
+    summary = records_of(path)[-1]
+    assert (summary["watched"], summary["events"]) == (watched, events), summary
+
+
 def test_trace_show_prints_events_pages_and_changed_registers(tmp_path):
     path = tmp_path / "packed.jsonl"
     vmm("run", guest("packed_long"), "--watch", "0x200000", "--trace", str(path))

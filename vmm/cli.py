@@ -176,7 +176,7 @@ def command_run(args):
                                               machine_type=machine_type))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
-        v2e_cli.attach(machine, args, stack)
+        v2e_cli.attach(machine, args, stack, image)
         exit_stats = None
         if args.stats or args.stats_json:
             exit_stats = ExitStats()

@@ -14,6 +14,7 @@ EV_CURRENT = 1
 ET_EXEC = 2
 EM_386, EM_X86_64 = 3, 62
 PT_LOAD = 1
+SHT_SYMTAB = 2
 
 # (class) -> (ELF header layout, program header layout, expected machine, machine name)
 _LAYOUTS = {
@@ -22,6 +23,13 @@ _LAYOUTS = {
     ELFCLASS64: ("<HHIQQQIHHH", "<IIQQQQQQ", EM_X86_64, "EM_X86_64"),
 }
 _IDENT_SIZE = 16
+# (class) -> (offset and layout of e_shoff, offset of e_shentsize/e_shnum, section header
+# layout, symbol layout). Section header fields kept: sh_type, sh_offset, sh_size, sh_link,
+# sh_entsize; symbol fields kept: st_name, st_value, st_size.
+_SECTION_LAYOUTS = {
+    ELFCLASS32: (32, "<I", 46, "<IIIIIIIIII", (1, 4, 5, 6, 9), "<IIIBBH", (0, 1, 2)),
+    ELFCLASS64: (40, "<Q", 58, "<IIQQQQIIQQ", (1, 4, 5, 6, 9), "<IBBHQQ", (0, 4, 5)),
+}
 
 
 class Segment:
@@ -112,22 +120,62 @@ def parse(image, memory_size, name="the image"):
         if after.paddr < before.end:
             raise BadInput(f"{name}: segments at {before.paddr:#x}-{before.end:#x} and "
                            f"{after.paddr:#x}-{after.end:#x} overlap")
-    entry = _physical_entry(e_entry, segments)
+    entry = physical_address(e_entry, segments)
     if entry is None:
         raise BadInput(f"{name}: entry point {e_entry:#x} is outside every loaded segment")
     return ElfImage(bits, entry, segments)
 
 
-def _physical_entry(entry, segments):
-    """The entry point as a physical address: kernels linked high (vaddr != paddr) enter
-    at the physical copy of their entry, as QEMU's loader does."""
+def physical_address(address, segments):
+    """An address of the image as a physical address, or None outside every segment: kernels
+    linked high (vaddr != paddr) enter at the physical copy of their entry, as QEMU's loader
+    does, and their symbols are found the same way."""
     for segment in segments:
-        if segment.paddr <= entry < segment.end:
-            return entry
+        if segment.paddr <= address < segment.end:
+            return address
     for segment in segments:
-        if segment.vaddr <= entry < segment.vaddr + segment.memsz:
-            return segment.paddr + entry - segment.vaddr
+        if segment.vaddr <= address < segment.vaddr + segment.memsz:
+            return segment.paddr + address - segment.vaddr
     return None
+
+
+def find_symbol(image, symbol, name="the image"):
+    """(value, size) of `symbol` in the symbol table (SHT_SYMTAB) of an ELF file that
+    parse() accepted. Every offset and count read from the file is checked against it."""
+    shoff_at, shoff_format, counts_at, shdr_format, shdr_fields, sym_format, sym_fields = \
+        _SECTION_LAYOUTS[image[4]]
+    (e_shoff,) = struct.unpack_from(shoff_format, image, shoff_at)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", image, counts_at)
+    shdr_size, sym_size = struct.calcsize(shdr_format), struct.calcsize(sym_format)
+    if e_shoff == 0 or e_shnum == 0:
+        raise BadInput(f"{name}: no section headers, so no symbols (a stripped file?)")
+    if e_shentsize != shdr_size:
+        raise BadInput(f"{name}: section header size {e_shentsize}, expected {shdr_size}")
+    if e_shoff + e_shnum * shdr_size > len(image):
+        raise BadInput(f"{name}: truncated: {e_shnum} section headers at offset {e_shoff:#x} "
+                       f"run past the end of the {len(image)}-byte file")
+    sections = []
+    for index in range(e_shnum):
+        fields = struct.unpack_from(shdr_format, image, e_shoff + index * shdr_size)
+        sections.append(tuple(fields[i] for i in shdr_fields))   # type, offset, size, link, entsize
+    wanted = symbol.encode("utf-8", "replace")
+    tables = [section for section in sections if section[0] == SHT_SYMTAB]
+    if not tables:
+        raise BadInput(f"{name}: no symbol table (a stripped file?)")
+    for _, offset, size, link, entsize in tables:
+        if entsize != sym_size or offset + size > len(image) or link >= e_shnum:
+            raise BadInput(f"{name}: malformed symbol table at offset {offset:#x}")
+        _, names_at, names_size, _, _ = sections[link]
+        names_end = names_at + names_size
+        if names_end > len(image):
+            raise BadInput(f"{name}: truncated string table at offset {names_at:#x}")
+        for at in range(offset, offset + size - sym_size + 1, sym_size):
+            fields = struct.unpack_from(sym_format, image, at)
+            name_at = names_at + fields[sym_fields[0]]
+            end = name_at + len(wanted)
+            if end < names_end and image[end] == 0 and image[name_at:end] == wanted:
+                return fields[sym_fields[1]], fields[sym_fields[2]]
+    raise BadInput(f"{name}: no symbol {symbol!r}")
 
 
 def check_clear_of(elf, reserved, name="the image"):

@@ -3,10 +3,12 @@ import argparse
 import sys
 
 from ..errors import BadInput
+from ..loaders import elf
+from ..memory import PAGE_SIZE
 from .backends import BACKENDS
 from .engine import DEFAULT_MAX_STEPS, V2E
 from .trace import format_trace, plural, read_trace
-from .watch import parse_watch
+from .watch import PAGE_MASK, page_ranges, parse_watch
 
 
 def _positive_int(text):
@@ -30,6 +32,8 @@ def add_run_options(run):
     group = run.add_argument_group("V2E (trap and trace execution of watched pages)")
     group.add_argument("--watch", type=_watch_range, action="append", default=[], metavar="GPA[-END|+LEN]",
                        help="watch guest-physical pages (page aligned, repeatable; a bare GPA is one page)")
+    group.add_argument("--watch-symbol", action="append", default=[], metavar="NAME",
+                       help="watch the pages of an ELF image's symbol (repeatable)")
     group.add_argument("--trace", metavar="PATH", help="write the V2E trace (JSON Lines) to PATH")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (the exec-trap kernel patch when present, else stock), patched or stock")
@@ -37,15 +41,37 @@ def add_run_options(run):
                        help=f"instructions recorded per event at most (default: {DEFAULT_MAX_STEPS})")
 
 
-def attach(machine, args, stack):
-    """Start V2E on a loaded machine when --watch was given; the stack writes the trace's summary."""
-    if not args.watch:
+def attach(machine, args, stack, image):
+    """Start V2E on a machine loaded with `image` when --watch or --watch-symbol was given;
+    the stack writes the trace's summary."""
+    ranges = list(args.watch)
+    symbol_pages = _symbol_pages(args.watch_symbol, image, machine.memory.size, args.image)
+    ranges += page_ranges(page for page in symbol_pages
+                          if not any(start <= page < end for start, end in args.watch))
+    if not ranges:
         if args.trace:
-            raise BadInput("--trace needs at least one --watch range")
+            raise BadInput("--trace needs at least one --watch range or --watch-symbol")
         return None
-    engine = V2E(machine, args.watch, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps)
+    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps)
     stack.callback(_close, engine, args.trace)
     return engine
+
+
+def _symbol_pages(symbols, image, memory_size, name):
+    """The guest-physical pages the ELF symbols occupy (a symbol without a size: its first byte)."""
+    if not symbols:
+        return set()
+    if not elf.is_elf(image):
+        raise BadInput(f"--watch-symbol needs an ELF image; {name} is not an ELF file")
+    segments = elf.parse(image, memory_size, name).segments
+    pages = set()
+    for symbol in symbols:
+        value, size = elf.find_symbol(image, symbol, name)
+        start = elf.physical_address(value, segments)
+        if start is None:
+            raise BadInput(f"{name}: symbol {symbol!r} at {value:#x} is outside every loaded segment")
+        pages.update(range(start & PAGE_MASK, start + max(size, 1), PAGE_SIZE))
+    return pages
 
 
 def _close(engine, trace_path):

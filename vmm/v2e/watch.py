@@ -28,6 +28,17 @@ def parse_watch(text):
     return start, end
 
 
+def page_ranges(pages):
+    """Sorted [start, end) ranges covering the given page addresses, adjacent pages merged."""
+    ranges = []
+    for page in sorted(pages):
+        if ranges and ranges[-1][1] == page:
+            ranges[-1][1] = page + PAGE_SIZE
+        else:
+            ranges.append([page, page + PAGE_SIZE])
+    return [tuple(each) for each in ranges]
+
+
 class WatchSet:
     """Non-overlapping page-aligned [start, end) ranges inside guest RAM."""
 
