@@ -150,6 +150,8 @@ def check_case(case, host_ref):
         hproblems.append("no harness (vmm run) result")
     if not patched and "packed-negative" not in case["vmm"] and HARNESS:
         hproblems.append("no harness negative-control result")
+    if "smp" not in case["vmm"] and HARNESS:
+        hproblems.append("no harness SMP result")
     hproblems += [e for e in case["errors"] if e.startswith("vmm ")]
     kv_ = "PASS" if not problems else "FAIL"
     hv = ("PASS" if not hproblems else "FAIL") if (case["vmm"] or HARNESS) else "-"

@@ -32,6 +32,7 @@ set -- --run "$smoke stock"
 if [ -d "$top/vmm" ]; then
 	set -- "$@" --pkgs "$top:kvm_abi,$top:vmm" --run "-m vmm doctor" \
 		--run "-m vmm run guest_images/packed_long.bin --mode long --watch 0x200000 --backend stock --trace $out/t.jsonl --stats-json $out/s.json" \
+		--run "-m vmm run guest_images/smp.elf --smp 2 --watch-symbol shared_code --backend stock --trace $out/t.jsonl" \
 		--run "$here/../rootfs/e2e/vmmcheck.py --host-ref $out/ref.json"
 fi
 (cd "$top" && V2E_TOP=$top PYTHONPATH=$top "$py" "$here/pytrim.py" "$out/modules.txt" "$@")
@@ -109,7 +110,7 @@ done
 [ -d "$root/opt/v2e/vmm" ] && "$py" -m compileall -q --invalidation-mode unchecked-hash "$root/opt/v2e" >/dev/null
 if [ -d "$top/guest_images" ]; then
 	mkdir -p "$root/opt/v2e/guest_images"
-	cp "$top"/guest_images/*.bin "$root/opt/v2e/guest_images/" 2>/dev/null || true
+	cp "$top"/guest_images/*.bin "$top"/guest_images/*.elf "$root/opt/v2e/guest_images/" 2>/dev/null || true
 fi
 rm -rf "$x"
 echo "mkpython: $(du -sh "$root" | cut -f1) in $root"

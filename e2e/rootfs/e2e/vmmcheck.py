@@ -9,6 +9,11 @@ The sample is the packed guest (guest_images/packed_long.bin): a loader that
 decrypts a payload into page 0x200000 and calls it once. Watching that page
 must give exactly one event at gpa=rip=0x200000; its output and exit status
 must equal the unwatched run's.
+
+The SMP check runs guest_images/smp.elf on two vCPUs, both calling the watched
+`shared_code` at once (25 times each): every call must be one event traced in
+full (9 instructions), one event after the other, and the output and exit
+status must equal the unwatched run's.
 """
 import hashlib
 import json
@@ -185,6 +190,37 @@ def sample(expect):
     return emit("packed", fields, problems)
 
 
+SMP_IMAGE = "guest_images/smp.elf"
+SMP_CPUS, SMP_CALLS, SMP_INSTRUCTIONS = 2, 25, 9
+
+
+def smp(expect):
+    """The pause of the other vCPUs while one traces, with this module's backend."""
+    backend = "patched" if expect == "patched" else "stock"
+    base = ["run", SMP_IMAGE, "--smp", str(SMP_CPUS), "--timeout", "120"]
+    p_status, p_out, _ = vmm(*base)
+    trace = "/tmp/smp.trace.jsonl"
+    status, out, err = vmm(*base, "--watch-symbol", "shared_code", "--backend", backend, "--trace", trace)
+    problems, records = [], []
+    try:
+        records = [json.loads(line) for line in open(trace)]
+    except (OSError, ValueError) as e:
+        problems.append(f"trace unreadable: {e}")
+    events = [r for r in records if r.get("type") == "event"]
+    per_vcpu = sorted({(v, sum(1 for e in events if e.get("vcpu") == v)) for v in range(SMP_CPUS)})
+    one_event = ["event", "page"] + ["insn"] * SMP_INSTRUCTIONS + ["leave"]
+    fields = {"backend": backend, "status": status, "unwatched_status": p_status,
+              "events": len(events), "per_vcpu": ",".join(str(n) for _, n in per_vcpu)}
+    if (status, out) != (p_status, p_out):
+        problems.append(f"watched run differs from the unwatched one (status {status} vs {p_status}): "
+                        + err.strip().replace("\n", " | ")[-200:])
+    if per_vcpu != [(v, SMP_CALLS) for v in range(SMP_CPUS)]:
+        problems.append(f"events per vCPU {per_vcpu}, wanted {SMP_CALLS} each")
+    elif [r.get("type") for r in records] != one_event * (SMP_CPUS * SMP_CALLS) + ["summary"]:
+        problems.append("the events' records are not one complete event after the other")
+    return emit("smp", fields, problems)
+
+
 def host_ref(path):
     plain = run_sample(None, "host-plain")
     w = run_sample("stock", "host-stock")
@@ -207,6 +243,7 @@ def main():
     expect = sys.argv[1] if len(sys.argv) > 1 else "patched"
     ok = doctor(expect)
     ok = sample(expect) and ok
+    ok = smp(expect) and ok
     return 0 if ok else 1
 
 
