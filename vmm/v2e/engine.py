@@ -409,17 +409,16 @@ class V2E:
         return True
 
     def _begin(self, loop, trace):
-        """Disarm the trap (the first vCPU to trace) and single-step."""
+        """Disarm the trap and single-step (the other vCPUs are paused)."""
         with self._lock:
-            if not self._active:
-                self.backend.disarm()
+            self.backend.disarm()
             self._active[loop.vcpu.id] = trace
         if self._sync_regs:
             loop.vcpu.sync_regs(True)
         loop.vcpu.set_guest_debug(single_step=True)
 
     def _end(self, loop, trace, rip, reason):
-        """Back to full speed: single-step off, the trap re-armed once no vCPU traces."""
+        """Back to full speed: single-step off, the trap re-armed, the other vCPUs resumed."""
         loop.vcpu.set_guest_debug()
         loop.vcpu.sync_regs(False)
         trace.page_view = None
@@ -427,8 +426,7 @@ class V2E:
             del self._active[loop.vcpu.id]
             self.steps += trace.steps
             self._traced += trace.traced
-            if not self._active:
-                self.backend.arm()
+            self.backend.arm()
         self._pause.resume()
         self._write_leave(trace, rip, reason)
 
