@@ -109,6 +109,39 @@ def test_fuzzed_headers_raise_only_bad_input():
             pass
 
 
+def test_symbols_are_found_at_their_addresses():
+    image = HELLO_ELF64.read_bytes()
+    elf.parse(image, 64 << 20)
+    # nm -S: main64 at 0x2010e0 (0xbb bytes), stack at 0x203080 (0x4000 bytes)
+    assert (elf.find_symbol(image, "main64"), elf.find_symbol(image, "stack")) == ((0x2010E0, 0xBB), (0x203080, 0x4000))
+    with pytest.raises(BadInput, match="no symbol 'main'"):   # a prefix of main64 is not main64
+        elf.find_symbol(image, "main")
+
+
+def test_fuzzed_section_headers_and_symbols_raise_only_bad_input():
+    """Random bytes over the section headers, the symbol table and its strings: each lookup
+    finds a symbol or is refused, nothing else."""
+    rng = random.Random(2026)
+    source = HELLO_ELF64.read_bytes()
+    (shoff,) = struct.unpack_from("<Q", source, 40)
+    regions = [(40, 64), (shoff, len(source))] + [(0, len(source))]
+    for _ in range(3000):
+        image = bytearray(source)
+        for _ in range(rng.randint(1, 8)):
+            start, end = rng.choice(regions)
+            image[rng.randrange(start, end)] = rng.randrange(256)
+        if rng.random() < 0.1:
+            image = image[:rng.randrange(64, len(image))]
+        try:
+            elf.parse(bytes(image), 64 << 20)
+        except BadInput:
+            continue
+        try:
+            elf.find_symbol(bytes(image), rng.choice(["main64", "puts", "stack", "x" * 40]))
+        except BadInput:
+            pass
+
+
 def test_fuzzed_files_through_the_cli_never_trace_back(tmp_path):
     rng = random.Random(2012)
     source = HELLO_ELF64.read_bytes()
