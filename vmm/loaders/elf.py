@@ -87,17 +87,11 @@ def parse(image, memory_size, name="the image"):
         raise BadInput(f"{name}: ELF{bits} machine {e_machine}, expected {machine} ({machine_name})")
     if e_version != EV_CURRENT:
         raise BadInput(f"{name}: ELF version {e_version}, expected {EV_CURRENT}")
-    phdr_size = struct.calcsize(phdr_format)
     if e_phnum == 0:
         raise BadInput(f"{name}: the ELF file has no program headers")
-    if e_phentsize != phdr_size:
-        raise BadInput(f"{name}: program header size {e_phentsize}, expected {phdr_size}")
-    if e_phoff + e_phnum * phdr_size > len(image):
-        raise BadInput(f"{name}: truncated: {e_phnum} program headers at offset {e_phoff:#x} "
-                       f"run past the end of the {len(image)}-byte file")
     segments = []
-    for index in range(e_phnum):
-        fields = struct.unpack_from(phdr_format, image, e_phoff + index * phdr_size)
+    for index, fields in enumerate(_header_table(image, e_phoff, e_phnum, e_phentsize, phdr_format,
+                                                 "program", name)):
         if bits == 32:
             p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = fields[:6]
         else:
@@ -126,6 +120,18 @@ def parse(image, memory_size, name="the image"):
     return ElfImage(bits, entry, segments)
 
 
+def _header_table(image, offset, count, entry_size, entry_format, kind, name):
+    """The `count` entries of a program or section header table (kind), each unpacked,
+    after checking their size and that the table lies inside the file."""
+    size = struct.calcsize(entry_format)
+    if entry_size != size:
+        raise BadInput(f"{name}: {kind} header size {entry_size}, expected {size}")
+    if offset + count * size > len(image):
+        raise BadInput(f"{name}: truncated: {count} {kind} headers at offset {offset:#x} "
+                       f"run past the end of the {len(image)}-byte file")
+    return [struct.unpack_from(entry_format, image, offset + index * size) for index in range(count)]
+
+
 def physical_address(address, segments):
     """An address of the image as a physical address, or None outside every segment: kernels
     linked high (vaddr != paddr) enter at the physical copy of their entry, as QEMU's loader
@@ -146,18 +152,11 @@ def find_symbol(image, symbol, name="the image"):
         _SECTION_LAYOUTS[image[4]]
     (e_shoff,) = struct.unpack_from(shoff_format, image, shoff_at)
     e_shentsize, e_shnum = struct.unpack_from("<HH", image, counts_at)
-    shdr_size, sym_size = struct.calcsize(shdr_format), struct.calcsize(sym_format)
     if e_shoff == 0 or e_shnum == 0:
         raise BadInput(f"{name}: no section headers, so no symbols (a stripped file?)")
-    if e_shentsize != shdr_size:
-        raise BadInput(f"{name}: section header size {e_shentsize}, expected {shdr_size}")
-    if e_shoff + e_shnum * shdr_size > len(image):
-        raise BadInput(f"{name}: truncated: {e_shnum} section headers at offset {e_shoff:#x} "
-                       f"run past the end of the {len(image)}-byte file")
-    sections = []
-    for index in range(e_shnum):
-        fields = struct.unpack_from(shdr_format, image, e_shoff + index * shdr_size)
-        sections.append(tuple(fields[i] for i in shdr_fields))   # type, offset, size, link, entsize
+    sym_size = struct.calcsize(sym_format)
+    sections = [tuple(fields[i] for i in shdr_fields)   # type, offset, size, link, entsize
+                for fields in _header_table(image, e_shoff, e_shnum, e_shentsize, shdr_format, "section", name)]
     wanted = symbol.encode("utf-8", "replace")
     tables = [section for section in sections if section[0] == SHT_SYMTAB]
     if not tables:
