@@ -256,7 +256,8 @@ def test_a_loop_is_decoded_once_and_rewritten_code_again(machine, tmp_path, monk
     guest rewrites under the tracer is traced as it is now."""
     decoded = []
     real_decode = engine_module.insn.decode
-    monkeypatch.setattr(engine_module.insn, "decode", lambda code, bits: decoded.append(code) or real_decode(code, bits))
+    monkeypatch.setattr(engine_module.insn, "decode",
+                        lambda code, bits: decoded.append(code) or real_decode(code, bits))
     vm = machine(serial_output=io.BytesIO(), mem_size=MEM)
     # mov $3, %ecx; 1: mov $1, %al; incb 0x200006 (the mov's immediate); dec %ecx; jnz 1b; hlt
     code = bytes.fromhex("b903000000" "b001" "fe042506002000" "ffc9" "75f3" "f4")

@@ -364,6 +364,7 @@ class V2E:
                     handlers[abi.KVM_EXIT_HLT](exits.Hlt(abi.KVM_EXIT_HLT))
                     return
                 self._load_sregs(trace, vcpu.get_sregs())
+            # report.rip_linear, from the fields _load_sregs kept rather than the cdata sregs
             linear = rip if trace.flat_rip else (trace.cs_base + rip) & 0xFFFFFFFF
             if linear & PAGE_MASK != trace.linear_page and not self._enter_page(trace, vcpu, linear & PAGE_MASK):
                 self._end(loop, trace, rip, "left the watched pages")
