@@ -91,18 +91,6 @@ struct kvm_cpuid2 {
     struct kvm_cpuid_entry2 entries[];
 };
 
-struct kvm_msr_entry {
-    __u32 index;
-    __u32 reserved;
-    __u64 data;
-};
-
-struct kvm_msrs {
-    __u32 nmsrs;
-    __u32 pad;
-    struct kvm_msr_entry entries[];
-};
-
 struct kvm_translation {
     __u64 linear_address;
     __u64 physical_address;

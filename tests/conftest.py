@@ -8,7 +8,7 @@ import pytest
 from vmm.devices.serial import SerialInput
 from vmm.errors import KvmUnavailable
 from vmm.machine import Machine
-from vmm.system import Kvm
+from vmm.kvm import Kvm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guest_images"

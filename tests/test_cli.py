@@ -126,7 +126,8 @@ def test_missing_kvm_device(tmp_path):
 
 def test_permission_denied_on_kvm_device(monkeypatch, capsys):
     # As root no file mode denies access, so the refusal is simulated at os.open.
-    from vmm import cli, system
+    from vmm import cli
+    from vmm.kvm import system
 
     def refuse(path, flags):
         raise PermissionError(13, "Permission denied", path)

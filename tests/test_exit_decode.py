@@ -2,7 +2,8 @@
 import pytest
 
 import kvm_abi as abi
-from vmm import exits, report
+from vmm.kvm import exits
+from vmm.machine import report
 
 RUN_MAPPING = 3 * 4096
 

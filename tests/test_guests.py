@@ -73,14 +73,14 @@ def test_guest_runs_in_a_small_memory(run_guest):
 def test_run_off_the_main_thread_needs_the_kick_handler(machine, monkeypatch):
     import threading
 
-    from vmm import vcpu as vcpu_module
+    from vmm.kvm import vcpu as vcpu_module
     from vmm.errors import VmmError
 
     vm = machine()
     vm.load((GUESTS / "hello_long.bin").read_bytes(), mode="long")
     monkeypatch.setattr(vcpu_module, "kick_handler_installed", lambda: False)
-    import vmm.machine
-    monkeypatch.setattr(vmm.machine, "kick_handler_installed", lambda: False)
+    import vmm.machine.machine
+    monkeypatch.setattr(vmm.machine.machine, "kick_handler_installed", lambda: False)
     failures = []
     worker = threading.Thread(target=lambda: failures.append(pytest.raises(VmmError, vm.run, 1.0)))
     worker.start()

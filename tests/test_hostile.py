@@ -3,6 +3,7 @@ ucall pointers, floods of exits) ends in a classified outcome with bounded VMM
 memory and nothing the guest sent lost."""
 import io
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -31,9 +32,9 @@ def load(machine, name, mode, variant=None, argument=None, **kwargs):
     vm.output = output
     vm.load((GUESTS / f"{name}.bin").read_bytes(), mode=mode)
     if variant is not None:
-        vm.memory.write_u64(VARIANT, variant)
+        vm.memory.write(VARIANT, struct.pack("<Q", variant))
     if argument is not None:
-        vm.memory.write_u64(ARGUMENT, argument)
+        vm.memory.write(ARGUMENT, struct.pack("<Q", argument))
     return vm
 
 

@@ -3,12 +3,22 @@ import struct
 
 import pytest
 
+import kvm_abi
 from vmm.devices.fw_cfg import FwCfg, pc_items
 from vmm.devices.pci import EmptyPciHost
 from vmm.devices.serial import IER_DLM, IER_THRI, IIR_FCR
 from vmm.errors import BadInput
+from vmm.kvm import exits
 
 SELECTOR, DATA = 0, 1
+
+
+def port_access(bus, port, size, value=None):
+    """One guest access to `port` through the bus, as an I/O exit brings it; a read returns
+    the value."""
+    data = memoryview(bytearray(value.to_bytes(size, "little") if value is not None else size))
+    bus.handle(exits.Io(kvm_abi.KVM_EXIT_IO, port, size, 1, value is not None, data))
+    return int.from_bytes(data, "little")
 
 
 def read_item(device, key, length):
@@ -50,15 +60,24 @@ def test_pci_config_space_answers_no_device():
 @pytest.mark.kvm
 def test_pc_machine_ports(machine):
     vm = machine(mem_size=32 << 20, vcpus=2, machine_type="pc")
-    assert read_item(vm.ports.device_at(0x510), 0x05, 2) == b"\x02\x00"
-    assert vm.ports.device_at(0xCF8) is not None and vm.ports.device_at(0xCFC) is not None
-    assert vm.ports.device_at(0x3F8) is not None
+    port_access(vm.ports, 0x510, 2, 0x05)                      # fw_cfg: select the CPU count
+    assert port_access(vm.ports, 0x511, 1) == 2
+    port_access(vm.ports, 0xCF8, 4, 0x80000000)                # PCI: bus 0, device 0, register 0
+    assert port_access(vm.ports, 0xCF8, 4) == 0x80000000
+    assert port_access(vm.ports, 0xCFC, 4) == 0xFFFFFFFF       # no device
+    port_access(vm.ports, 0x3FF, 1, 0x5A)                      # COM1's scratch register
+    assert port_access(vm.ports, 0x3FF, 1) == 0x5A
+    assert not vm.ports.unclaimed_reads and not vm.ports.unclaimed_writes, (
+        f"unclaimed: {vm.ports.unclaimed_reads}, {vm.ports.unclaimed_writes}")
 
 
 @pytest.mark.kvm
 def test_bare_machine_has_no_pc_devices(machine):
     vm = machine(mem_size=32 << 20)
-    assert vm.ports.device_at(0x510) is None and vm.ports.device_at(0xCF8) is None
+    port_access(vm.ports, 0x510, 2, 0x05)
+    assert port_access(vm.ports, 0x511, 1) == 0xFF
+    assert port_access(vm.ports, 0xCF8, 4) == 0xFFFFFFFF
+    assert (dict(vm.ports.unclaimed_writes), dict(vm.ports.unclaimed_reads)) == ({0x510: 1}, {0x511: 1, 0xCF8: 1})
 
 
 @pytest.mark.kvm

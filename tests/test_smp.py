@@ -11,6 +11,7 @@ import kvm_abi
 from conftest import GUESTS
 from test_cli import assert_one_line_error, vmm
 from vmm.errors import EXIT_BAD_INPUT
+from vmm.kvm import libc
 from vmm.v2e import V2E, read_trace
 
 pytestmark = pytest.mark.kvm
@@ -38,7 +39,11 @@ def test_every_cpu_reports_its_apic_id(cpus):
 
 def test_application_processors_wait_for_sipi(machine):
     vm = machine(vcpus=3, machine_type="pc")
-    states = [vcpu.get_mp_state() for vcpu in vm.vcpus]
+    states = []
+    for vcpu in vm.vcpus:
+        state = libc.ffi.new("struct kvm_mp_state *")
+        libc.ioctl(vcpu.fd, kvm_abi.KVM_GET_MP_STATE, state)
+        states.append(state.mp_state)
     assert states == [kvm_abi.KVM_MP_STATE_RUNNABLE] + [kvm_abi.KVM_MP_STATE_UNINITIALIZED] * 2
 
 

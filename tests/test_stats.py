@@ -6,7 +6,7 @@ import pytest
 from conftest import GUESTS
 from test_cli import assert_one_line_error, vmm
 from vmm.errors import EXIT_BAD_INPUT
-from vmm.stats import ExitStats
+from vmm.machine.stats import ExitStats
 
 pytestmark = pytest.mark.kvm
 
@@ -52,14 +52,13 @@ def test_unwritable_stats_path_fails_before_the_run(tmp_path):
     assert result.stdout == b""
 
 
-def test_collection_wraps_the_loop_only_when_enabled(machine):
+def test_collection_observes_the_loop_only_when_enabled(machine):
     vm = machine()
     loop = vm.loops[0]
-    handle_io = loop.handlers[2]
-    assert "run" not in vars(loop.vcpu), "no wrapper without statistics"
+    assert loop.observers == (), "no observer (and no timing) without statistics"
     stats = ExitStats()
     stats.attach(loop)
-    assert "run" in vars(loop.vcpu) and loop.handlers[2] is not handle_io
+    assert len(loop.observers) == 1, f"expected one observer, got {loop.observers}"
     vm.load((GUESTS / "hello_long.bin").read_bytes(), mode="long")
     outcome = vm.run(timeout=10)
     assert outcome.kind == "halt"

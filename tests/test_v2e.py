@@ -4,9 +4,10 @@ import io
 import pytest
 
 import kvm_abi as abi
-from vmm import exits
+from vmm.kvm import exits
 from vmm.v2e import V2E, Decision, page_bytes, read_trace
 from vmm.v2e import engine as engine_module
+from vmm.v2e import stepper as stepper_module
 from conftest import GUESTS
 
 pytestmark = pytest.mark.kvm
@@ -208,9 +209,8 @@ def test_other_internal_errors_stay_errors(machine):
     vm = machine(mem_size=MEM)
     vm.load((GUESTS / "packed_long.bin").read_bytes(), mode="long")
     with V2E(vm, [(0x200000, 0x201000)], backend="stock") as engine:
-        handler = vm.loops[0].handlers[abi.KVM_EXIT_INTERNAL_ERROR]
         # RIP is at the loader's entry, outside the watched page.
-        handler(exits.InternalError(abi.KVM_EXIT_INTERNAL_ERROR, abi.KVM_INTERNAL_ERROR_EMULATION, ()))
+        vm.loops[0].dispatch(exits.InternalError(abi.KVM_EXIT_INTERNAL_ERROR, abi.KVM_INTERNAL_ERROR_EMULATION, ()))
         assert vm.outcome is not None and vm.outcome.kind == "kvm-error", vm.outcome
         assert "EMULATION" in vm.outcome.message, vm.outcome.message
         assert engine.events == 0
@@ -220,8 +220,7 @@ def test_other_suberror_on_a_watched_page_is_an_error(machine):
     vm = machine(mem_size=MEM)
     vm.load((GUESTS / "packed_long.bin").read_bytes(), mode="long", entry=0x200000)
     with V2E(vm, [(0x200000, 0x201000)], backend="stock") as engine:
-        handler = vm.loops[0].handlers[abi.KVM_EXIT_INTERNAL_ERROR]
-        handler(exits.InternalError(abi.KVM_EXIT_INTERNAL_ERROR, abi.KVM_INTERNAL_ERROR_SIMUL_EX, ()))
+        vm.loops[0].dispatch(exits.InternalError(abi.KVM_EXIT_INTERNAL_ERROR, abi.KVM_INTERNAL_ERROR_SIMUL_EX, ()))
         assert vm.outcome is not None and "SIMUL_EX" in vm.outcome.message, vm.outcome
         assert engine.events == 0
 
@@ -229,13 +228,14 @@ def test_other_suberror_on_a_watched_page_is_an_error(machine):
 def test_closing_the_engine_restores_the_memslots_and_handlers(machine):
     vm = machine(mem_size=MEM)
     vm.load((GUESTS / "packed_long.bin").read_bytes(), mode="long")
-    before = dict(vm.loops[0].handlers)
+    reasons = (abi.KVM_EXIT_INTERNAL_ERROR, abi.KVM_EXIT_INTR, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO)
+    before = {reason: vm.loops[0].handler(reason) for reason in reasons}
     with V2E(vm, [(0x200000, 0x202000)], backend="stock"):
         assert vm.memory.unmapped_pages == frozenset({0x200000, 0x201000})
         assert vm.mmio.find(0x201ff8, 8)[0] is not None
     assert vm.memory.unmapped_pages == frozenset()
     assert vm.mmio.find(0x200000, 1) == (None, None)
-    assert {reason: vm.loops[0].handlers.get(reason) for reason in before} == before
+    assert {reason: vm.loops[0].handler(reason) for reason in reasons} == before
 
 
 @pytest.mark.parametrize("name", ["packed_long", "packed_real"])
@@ -255,8 +255,8 @@ def test_a_loop_is_decoded_once_and_rewritten_code_again(machine, tmp_path, monk
     """Decoding is memoised by the bytes at RIP: the same bytes decode once, and code the
     guest rewrites under the tracer is traced as it is now."""
     decoded = []
-    real_decode = engine_module.insn.decode
-    monkeypatch.setattr(engine_module.insn, "decode",
+    real_decode = stepper_module.insn.decode
+    monkeypatch.setattr(stepper_module.insn, "decode",
                         lambda code, bits: decoded.append(code) or real_decode(code, bits))
     vm = machine(serial_output=io.BytesIO(), mem_size=MEM)
     # mov $3, %ecx; 1: mov $1, %al; incb 0x200006 (the mov's immediate); dec %ecx; jnz 1b; hlt

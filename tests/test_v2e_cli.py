@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import GUESTS, ROOT
-from vmm.system import Kvm
+from vmm.kvm import Kvm
 from vmm.v2e.backends import PatchedBackend
 
 pytestmark = pytest.mark.kvm

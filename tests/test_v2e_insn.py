@@ -1,7 +1,7 @@
 """The instruction length decoder that cuts each traced instruction's bytes."""
 import pytest
 
-from vmm.v2e import insn
+from vmm.x86 import insn
 
 PADDING = bytes(16)
 

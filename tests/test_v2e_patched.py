@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import kvm_abi as abi
-from vmm import exits
+from vmm.kvm import exits
 from vmm.v2e import V2E, read_trace
 from vmm.v2e.backends import PatchedBackend
 
@@ -56,14 +56,15 @@ def test_emulate_exit_becomes_an_event_and_is_traced(patched_machine, tmp_path):
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="auto", trace_path=path, on_event=seen.append) as engine:
         assert engine.backend.name == "patched"
         assert calls == [(WATCHED, 0x1000, True)], f"arming: expected one mark call, got {calls}"
-        handler = vm.loops[0].handlers[abi.KVM_EXIT_EMULATE]
-        # The event is traced to its end inside the handler: the trap is cleared while the
-        # vCPU single-steps and set again when execution leaves the page for the hlt.
-        handler(crafted_emulate(abi.KVM_EMULATE_GVA_VALID, WATCHED, WATCHED, WATCHED))
-        assert calls[1:] == [(WATCHED, 0x1000, False), (WATCHED, 0x1000, True)], (
-            f"tracing: expected the trap cleared then set again, got {calls}")
+        # The handler starts the event: the trap is cleared while the vCPU single-steps, and
+        # set again when execution leaves the page for the hlt.
+        vm.loops[0].dispatch(crafted_emulate(abi.KVM_EMULATE_GVA_VALID, WATCHED, WATCHED, WATCHED))
+        assert calls[1:] == [(WATCHED, 0x1000, False)], f"event: expected the trap cleared, got {calls}"
+        assert vm.loops[0].driver is not None, "the vCPU is not being stepped"
         outcome = vm.run(timeout=10)
         engine.finish(outcome)
+        assert calls[1:] == [(WATCHED, 0x1000, False), (WATCHED, 0x1000, True)], (
+            f"tracing: expected the trap cleared then set again, got {calls}")
     assert outcome.kind == "halt", outcome
     assert [(e.gpa, e.gva, e.rip, e.backend) for e in seen] == [(WATCHED, WATCHED, WATCHED, "patched")]
     insns = [r for r in read_trace(path) if r["type"] == "insn"]
@@ -78,14 +79,14 @@ def test_emulate_exit_without_a_valid_gva(patched_machine):
     vm, _ = patched_machine
     seen = []
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched", on_event=seen.append):
-        vm.loops[0].handlers[abi.KVM_EXIT_EMULATE](crafted_emulate(0, WATCHED, 0xDEAD, WATCHED))
+        vm.loops[0].dispatch(crafted_emulate(0, WATCHED, 0xDEAD, WATCHED))
     assert [(e.gpa, e.gva) for e in seen] == [(WATCHED, None)]
 
 
 def test_emulate_exit_for_an_unwatched_gpa_is_an_error(patched_machine):
     vm, _ = patched_machine
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched") as engine:
-        vm.loops[0].handlers[abi.KVM_EXIT_EMULATE](crafted_emulate(1, 0x300000, 0x300000, 0x300000))
+        vm.loops[0].dispatch(crafted_emulate(1, 0x300000, 0x300000, 0x300000))
         assert engine.events == 0
     assert vm.outcome is not None and vm.outcome.kind == "kvm-error", vm.outcome
     assert vm.outcome.message == ("vCPU 0: the patched backend reported a fetch from gpa 0x300000, "

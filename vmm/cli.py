@@ -5,13 +5,14 @@ import signal
 import sys
 
 from . import __doc__ as package_doc
-from . import cpu, doctor, loaders, pc
+from . import doctor, loaders
 from .devices.serial import SerialInput
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput, VmmError
 from .loaders.flat import read_image
-from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated
-from .stats import ExitStats
+from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
+from .machine.stats import ExitStats
 from .v2e import cli as v2e_cli
+from .x86 import boot
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
 MAX_SMP = 64
@@ -83,7 +84,7 @@ def build_parser():
     run.add_argument("image", help="the guest image: a flat binary, a static ELF executable or a multiboot kernel")
     run.add_argument("--format", choices=loaders.FORMATS, default="auto",
                      help="image format (default: auto: multiboot header, else ELF magic, else flat)")
-    run.add_argument("--mode", choices=cpu.MODES,
+    run.add_argument("--mode", choices=boot.MODES,
                      help="CPU mode at entry (default: long; ELF32 protected; multiboot always protected)")
     run.add_argument("--load-addr", type=parse_address, metavar="ADDR",
                      help="guest-physical load address (default: 0x7c00 real, 0x100000 otherwise)")

@@ -7,11 +7,12 @@ import json
 import os
 import pathlib
 import stat
+from dataclasses import dataclass
 
 import kvm_abi
 
 from .errors import KvmError, VmmError
-from .system import KVM_DEVICE, Kvm
+from .kvm import KVM_DEVICE, Kvm
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 EXIT_DOCTOR_FAIL = 1
@@ -32,11 +33,11 @@ DEVICE_FIX = ('add yourself to group kvm (sudo usermod -aG kvm $USER, then log i
               'the device group-accessible (udev rule: KERNEL=="kvm", GROUP="kvm", MODE="0660")')
 
 
+@dataclass(slots=True, frozen=True)
 class Check:
-    __slots__ = ("name", "status", "detail")
-
-    def __init__(self, name, status, detail):
-        self.name, self.status, self.detail = name, status, detail
+    name: str
+    status: str
+    detail: str
 
     def as_dict(self):
         return {"name": self.name, "status": self.status, "detail": self.detail}

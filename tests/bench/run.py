@@ -28,10 +28,10 @@ import threading
 import time
 
 import kvm_abi
-from vmm import sys as vmm_sys
+from vmm.kvm import libc
 from vmm.machine import Machine
-from vmm.runloop import halted
-from vmm.vcpu import install_kick_handler
+from vmm.machine.outcome import halted
+from vmm.kvm import install_kick_handler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -84,8 +84,8 @@ def cffi_floor(guest, iterations, single_step=False):
         vcpu = machine.vcpus[0]
         if single_step:
             vcpu.set_guest_debug(single_step=True)
-        run_ioctl = vmm_sys.ffi.cast("int (*)(int, unsigned long, void *)", vmm_sys.libc.ioctl)
-        fd, request, null, run = vcpu.fd, kvm_abi.KVM_RUN, vmm_sys.ffi.NULL, vcpu.run_struct
+        run_ioctl = libc.ffi.cast("int (*)(int, unsigned long, void *)", libc.lib.ioctl)
+        fd, request, null, run = vcpu.fd, kvm_abi.KVM_RUN, libc.ffi.NULL, vcpu.run_struct
         io, debug = kvm_abi.KVM_EXIT_IO, kvm_abi.KVM_EXIT_DEBUG
 
         def loop():
@@ -93,7 +93,7 @@ def cffi_floor(guest, iterations, single_step=False):
             start = time.perf_counter()
             while True:
                 if run_ioctl(fd, request, null) < 0:
-                    raise OSError(vmm_sys.ffi.errno, "KVM_RUN")
+                    raise OSError(libc.ffi.errno, "KVM_RUN")
                 exits += 1
                 reason = run.exit_reason
                 if reason != io and (reason != debug or run.debug.arch.pc == HLT_ADDR):
@@ -121,8 +121,6 @@ def vmm_single_step(guest, iterations):
         machine.load(guest_image(guest, iterations), mode="protected")
         loop = machine.loops[0]
         exits = [0]
-        handlers = loop.handlers
-        io_handler = handlers[kvm_abi.KVM_EXIT_IO]
 
         def on_debug(exit):
             exits[0] += 1
@@ -131,10 +129,10 @@ def vmm_single_step(guest, iterations):
 
         def on_io(exit):
             exits[0] += 1
-            io_handler(exit)
+            io.pass_on(exit)
 
-        handlers[kvm_abi.KVM_EXIT_DEBUG] = on_debug
-        handlers[kvm_abi.KVM_EXIT_IO] = on_io
+        loop.intercept(kvm_abi.KVM_EXIT_DEBUG, on_debug)
+        io = loop.intercept(kvm_abi.KVM_EXIT_IO, on_io)
         machine.vcpus[0].set_guest_debug(single_step=True)
         start = time.perf_counter()
         outcome = machine.run(timeout=600)

@@ -10,7 +10,7 @@ import random
 import time
 import traceback
 
-from vmm.cpu import DEFAULT_LOAD_ADDR, MODES
+from vmm.x86.boot import DEFAULT_LOAD_ADDR, MODES
 from vmm.errors import VmmError
 from vmm.machine import Machine
 from vmm.v2e import V2E, Decision

@@ -58,10 +58,6 @@ class PortBus:
         for port in range(base, base + length):
             self._ports[port] = (device, port - base)
 
-    def device_at(self, port):
-        entry = self._ports.get(port)
-        return entry[0] if entry else None
-
     def handle(self, io):
         """Serve an exits.Io: every one of its count items of size bytes."""
         port, size, data = io.port, io.size, io.data

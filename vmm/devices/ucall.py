@@ -11,6 +11,7 @@ args[2] = actual) and ends the run; UCALL_DONE ends the run successfully.
 Every address the guest passes is checked against guest RAM.
 """
 import struct
+from dataclasses import dataclass
 
 UCALL_PORT = 0x1000
 UCALL_SIZE = 40
@@ -19,14 +20,12 @@ MAX_MESSAGE = 256
 MAX_RECORDED = 1 << 16
 
 
+@dataclass(slots=True)
 class Ucall:
-    __slots__ = ("cmd", "line", "args", "message")
-
-    def __init__(self, cmd, line, args, message=None):
-        self.cmd, self.line, self.args, self.message = cmd, line, args, message
-
-    def __repr__(self):
-        return f"Ucall(cmd={self.cmd}, line={self.line}, args={self.args}, message={self.message!r})"
+    cmd: int
+    line: int
+    args: tuple
+    message: str | None = None
 
 
 class UcallPort:

@@ -3,7 +3,7 @@
 detect() picks the format `--format auto` means; boot() loads an image of a
 given format into a machine and puts vCPU 0 at its entry point.
 """
-from .. import cpu
+from ..x86 import boot
 from ..errors import BadInput
 from .flat import read_image
 from . import elf, multiboot
@@ -11,7 +11,7 @@ from . import elf, multiboot
 FORMATS = ("auto", "flat", "elf", "multiboot")
 
 # Guest memory the VMM writes before entry (GDT, page tables): loaded segments must miss it.
-_BOOT_AREA = [(cpu.BOOT_AREA[0], cpu.BOOT_AREA[1], "the VMM's GDT and page tables")]
+_BOOT_AREA = [(boot.BOOT_AREA[0], boot.BOOT_AREA[1], "the VMM's GDT and page tables")]
 
 
 def detect(image):

@@ -4,6 +4,7 @@ Every header value comes from the file, so each one is checked against the
 file's size and the guest's memory before anything is copied.
 """
 import struct
+from dataclasses import dataclass
 
 from ..errors import BadInput
 
@@ -32,24 +33,28 @@ _SECTION_LAYOUTS = {
 }
 
 
+@dataclass(slots=True, frozen=True)
 class Segment:
     """One PT_LOAD segment: file bytes [offset, offset+filesz) at paddr, memsz bytes in memory."""
 
-    __slots__ = ("paddr", "vaddr", "offset", "filesz", "memsz")
-
-    def __init__(self, paddr, vaddr, offset, filesz, memsz):
-        self.paddr, self.vaddr, self.offset, self.filesz, self.memsz = paddr, vaddr, offset, filesz, memsz
+    paddr: int
+    vaddr: int
+    offset: int
+    filesz: int
+    memsz: int
 
     @property
     def end(self):
         return self.paddr + self.memsz
 
 
+@dataclass(slots=True, frozen=True)
 class ElfImage:
     """A validated static executable: its class (32 or 64), entry point and load segments."""
 
-    def __init__(self, bits, entry, segments):
-        self.bits, self.entry, self.segments = bits, entry, segments
+    bits: int
+    entry: int
+    segments: list
 
 
 def is_elf(image):

@@ -1,7 +1,7 @@
 """Loading guest images into guest RAM."""
 import os
 
-from ..cpu import BOOT_AREA
+from ..x86.boot import BOOT_AREA
 from ..errors import BadInput
 
 

@@ -8,8 +8,10 @@ memory map is at 0x9000 and the information structure at 0x9500. The kernel
 enters in 32-bit protected mode, paging off, EAX = 0x2BADB002, EBX = 0x9500.
 """
 import struct
+from dataclasses import dataclass
 
 from ..errors import BadInput
+from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from . import elf as elf_loader
 
 HEADER_MAGIC = 0x1BADB002
@@ -36,21 +38,26 @@ BIOS_AREA = (0xF0000, 0x100000)
 E820_RAM, E820_RESERVED = 1, 2
 MMAP_ENTRY = struct.Struct("<IQQI")   # size (20, not counting itself), base, length, type
 
-PAGE = 4096
 _LIMIT_32 = 1 << 32
 
 
 def _page_align(value):
-    return (value + PAGE - 1) & ~(PAGE - 1)
+    return (value + PAGE_SIZE - 1) & PAGE_MASK
 
 
+@dataclass(slots=True, frozen=True)
 class Header:
-    __slots__ = ("offset", "flags", "has_addresses", "header_addr", "load_addr", "load_end_addr", "bss_end_addr", "entry_addr")
+    """A multiboot header; the address fields are 0 (and has_addresses False) when the file
+    ends before them."""
 
-    def __init__(self, offset, flags, fields):
-        self.offset, self.flags, self.has_addresses = offset, flags, fields is not None
-        (self.header_addr, self.load_addr, self.load_end_addr, self.bss_end_addr,
-         self.entry_addr) = fields or (0,) * 5
+    offset: int
+    flags: int
+    has_addresses: bool
+    header_addr: int = 0
+    load_addr: int = 0
+    load_end_addr: int = 0
+    bss_end_addr: int = 0
+    entry_addr: int = 0
 
 
 def find_header(image):
@@ -66,7 +73,7 @@ def find_header(image):
             continue
         if (magic + flags + checksum) & 0xFFFFFFFF == 0:
             fields = struct.unpack_from("<5I", image, offset + 12) if offset + 32 <= len(image) else None
-            return Header(offset, flags, fields)
+            return Header(offset, flags, fields is not None, *(fields or ()))
         if bad_checksum_at is None:
             bad_checksum_at = offset
     if bad_checksum_at is not None:
@@ -74,22 +81,20 @@ def find_header(image):
     return None
 
 
+@dataclass(slots=True, frozen=True)
 class Module:
     """A boot module: its bytes and the string the kernel sees (file name and arguments)."""
 
-    __slots__ = ("data", "string")
-
-    def __init__(self, data, string):
-        self.data, self.string = data, string
+    data: bytes
+    string: bytes
 
 
+@dataclass(slots=True, frozen=True)
 class Boot:
     """Where the kernel enters, with the registers multiboot defines."""
 
-    __slots__ = ("entry", "regs")
-
-    def __init__(self, entry, regs):
-        self.entry, self.regs = entry, regs
+    entry: int
+    regs: dict
 
 
 def _address_layout(image, header, name):

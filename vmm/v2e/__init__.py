@@ -6,9 +6,14 @@ and let the guest continue at hardware speed.
              on_event=lambda event: Decision.TRACE) as engine:
         outcome = machine.run(timeout=10)
         engine.finish(outcome)
+
+backends (how a watched page's execution reaches userspace), stepper (driving a vCPU one
+instruction at a time), events (what the engine reports), trace (the JSONL recorder and
+reader), policy (the other vCPUs while one traces), engine (the wiring).
 """
 from .backends import BACKENDS, BackendUnavailable
-from .engine import DEFAULT_MAX_STEPS, V2E, Decision, EmulateEvent, Step
+from .engine import DEFAULT_MAX_STEPS, V2E
+from .events import Decision, EmulateEvent, Step
 from .trace import format_trace, page_bytes, read_trace
 from .watch import WatchSet, parse_watch
 

@@ -7,29 +7,21 @@ exit it gets into (gpa, gva) of the fetch, or None when the exit is not one.
 import kvm_abi as abi
 
 from ..errors import EXIT_NO_KVM, VmmError
-from ..memory import PAGE_SIZE
-from ..report import rip_linear
+from ..x86 import paging
+from ..x86.insn import MAX_LENGTH
+from ..x86.mode import linear_rip
 
 BACKENDS = ("auto", "patched", "stock")
-CR0_PG = 1 << 31
 
 
 class BackendUnavailable(VmmError):
     exit_status = EXIT_NO_KVM
 
 
-def linear_to_physical(vcpu, sregs, linear):
-    """The guest-physical address of a linear address, or None when it does not translate."""
-    if not sregs.cr0 & CR0_PG:
-        return linear
-    physical, valid, _ = vcpu.translate(linear)
-    return physical if valid else None
-
-
-def fetch_address(vcpu, regs, sregs):
+def fetch_address(memory, rip, sregs):
     """(gpa, linear) of the instruction at RIP; gpa None when RIP does not translate."""
-    linear = rip_linear(regs, sregs)
-    return linear_to_physical(vcpu, sregs, linear), linear
+    linear = linear_rip(rip, sregs)
+    return paging.translate(memory, sregs, linear), linear
 
 
 class WatchedRam:
@@ -84,18 +76,18 @@ class StockBackend:
     def disarm(self):
         self._memory.set_unmapped_pages(())
 
-    def fetch_target(self, exit, vcpu, regs, sregs):
+    def fetch_target(self, exit, vcpu, rip, sregs):
         if exit.suberror != abi.KVM_INTERNAL_ERROR_EMULATION:
             return None
-        gpa, linear = fetch_address(vcpu, regs, sregs)
+        gpa, linear = fetch_address(self._memory, rip, sregs)
         target = None
         if gpa is not None and gpa in self._watch:
             target = gpa, linear
         else:
             # An instruction that starts just before a watched page and runs into it.
-            next_page = (linear | (PAGE_SIZE - 1)) + 1
-            if next_page - linear < 15:
-                next_gpa = linear_to_physical(vcpu, sregs, next_page)
+            next_page = (linear | ~paging.PAGE_MASK) + 1
+            if next_page - linear < MAX_LENGTH:
+                next_gpa = paging.translate(self._memory, sregs, next_page)
                 if next_gpa is not None and next_gpa in self._watch:
                     target = next_gpa, next_page
         if target is not None:
@@ -152,7 +144,7 @@ class PatchedBackend:
         for start, end in self._watch.ranges:
             self._vm.set_exec_trap(start, end - start, False)
 
-    def fetch_target(self, exit, vcpu, regs, sregs):
+    def fetch_target(self, exit, vcpu, rip, sregs):
         return exit.gpa, exit.gva if exit.gva_valid else None
 
     def stop(self):

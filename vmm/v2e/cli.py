@@ -4,11 +4,11 @@ import sys
 
 from ..errors import BadInput
 from ..loaders import elf
-from ..memory import PAGE_SIZE
+from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from .backends import BACKENDS
 from .engine import DEFAULT_MAX_STEPS, V2E
 from .trace import format_trace, plural, read_trace
-from .watch import PAGE_MASK, page_ranges, parse_watch
+from .watch import page_ranges, parse_watch
 
 
 def _positive_int(text):

@@ -20,13 +20,13 @@ import json
 import threading
 
 from ..errors import BadInput
-from ..vcpu import REG_NAMES
+from ..x86.registers import GENERAL_REGISTERS
 
 FORMAT_VERSION = 1
 # An insn record as json.dumps(record, separators=(",", ":")) writes it, as a %-template:
 # one per traced instruction, where json.dumps and hexify would cost more than the step.
 _INSN_LINE = ('{"type":"insn","event":%d,"step":%d,"rip":"%#x","gpa":"%#x","bytes":"%s","regs":{'
-              + ",".join(f'"{name}":"%#x"' for name in REG_NAMES) + "}}\n")
+              + ",".join(f'"{name}":"%#x"' for name in GENERAL_REGISTERS) + "}}\n")
 # insn records wait in memory in groups of this many lines (about 30 KiB).
 PENDING_INSN_LINES = 64
 
@@ -35,8 +35,13 @@ def hexify(mapping):
     return {name: f"{value:#x}" for name, value in mapping.items()}
 
 
+def _hexify_nested(values):
+    return {name: hexify(value) if isinstance(value, dict) else f"{value:#x}" for name, value in values.items()}
+
+
 class TraceWriter:
-    """Appends records to a JSON Lines file; safe to call from several vCPU threads."""
+    """Appends records to a JSON Lines file; safe to call from several vCPU threads. It is the
+    engine's JSONL recorder: event(), instruction() and leave() take what the engine reports."""
 
     def __init__(self, path):
         self.path = path
@@ -53,14 +58,29 @@ class TraceWriter:
             self._pending.append(line)
             self._write_pending()
 
+    def event(self, event, decision, pages):
+        """An event record, then a page record for each (gpa, contents) in `pages`."""
+        self.write({
+            "type": "event", "event": event.index, "vcpu": event.vcpu_id, "backend": event.backend,
+            "page": f"{event.page:#x}", "gpa": f"{event.gpa:#x}",
+            "gva": None if event.gva is None else f"{event.gva:#x}",
+            "rip": f"{event.rip:#x}", "mode": event.mode, "decision": decision.value,
+            "regs": hexify(event.regs), "sregs": _hexify_nested(event.sregs)})
+        for gpa, data in pages:
+            self.page(event.index, gpa, data)
+
     def instruction(self, event, step, rip, gpa, code, values):
-        """An insn record; values are the registers in REG_NAMES order. Unlike the other
+        """An insn record; values are the registers in GENERAL_REGISTERS order. Unlike the other
         records it is written in groups: flush(), the next other record or close() writes it."""
-        line = _INSN_LINE % ((event, step, rip, gpa, code.hex()) + values)
+        line = _INSN_LINE % ((event.index, step, rip, gpa, code.hex()) + values)
         with self._lock:
             self._pending.append(line)
             if len(self._pending) >= PENDING_INSN_LINES:
                 self._write_pending()
+
+    def leave(self, event, reason, rip, instructions, steps):
+        self.write({"type": "leave", "event": event.index, "reason": reason, "rip": f"{rip:#x}",
+                    "instructions": instructions, "steps": steps})
 
     def flush(self):
         with self._lock:
@@ -118,10 +138,6 @@ def page_bytes(record):
 
 # -- vmm trace show --------------------------------------------------------------
 
-_REGISTER_ORDER = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
-
-
 def _hexdump(data, base):
     """Rows of 16 bytes, trailing all-zero rows left out."""
     end = len(data.rstrip(b"\0"))
@@ -155,7 +171,7 @@ def format_trace(records, max_instructions=None):
                          f"{record['page']} at rip {record['rip']} (gpa {record['gpa']}, {where}; "
                          f"{record['mode']} mode, {record['backend']} backend) -> {record['decision']}")
             regs = record["regs"]
-            names = [name for name in _REGISTER_ORDER if name in regs]
+            names = [name for name in GENERAL_REGISTERS if name in regs]
             for row in range(0, len(names), 6):
                 lines.append("  " + " ".join(f"{name}={regs[name]}" for name in names[row:row + 6]))
         elif kind == "page":

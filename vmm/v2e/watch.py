@@ -1,9 +1,7 @@
 """The watched set: page-aligned guest-physical ranges whose execution V2E traps."""
-from ..cpu import BOOT_AREA
 from ..errors import BadInput
-from ..memory import PAGE_SIZE
-
-PAGE_MASK = ~(PAGE_SIZE - 1)
+from ..x86.boot import BOOT_AREA
+from ..x86.paging import PAGE_MASK, PAGE_SIZE
 
 
 def parse_watch(text):

@@ -3,17 +3,20 @@ import contextlib
 import threading
 import time
 
-from . import cpu, pc
-from .loaders import flat
-from .devices.bus import MmioBus, PortBus, SerializedDevice
-from .devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
-from .devices.serial import COM1_BASE, PORT_COUNT, Uart16550
-from .devices.ucall import UCALL_PORT, UcallPort
-from .errors import BadInput, VmmError
+from ..devices.bus import MmioBus, PortBus, SerializedDevice
+from ..devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
+from ..devices.serial import COM1_BASE, PORT_COUNT, Uart16550
+from ..devices.ucall import UCALL_PORT, UcallPort
+from ..errors import BadInput, VmmError
+from ..kvm import Kvm, install_kick_handler, kick_handler_installed
+from ..loaders import flat
+from ..x86 import boot, cpuid
+from ..x86.paging import PAGE_SIZE
+from . import pc
 from .memory import GuestMemory
-from .runloop import Outcome, RunLoop, guest_assert, interrupted, kvm_error, timed_out
-from .system import Kvm
-from .vcpu import install_kick_handler, kick_handler_installed
+from .outcome import Outcome, guest_assert, interrupted, kvm_error, timed_out
+from .pause import PauseGate
+from .runloop import RunLoop
 
 DEFAULT_MEM = 128 << 20
 MAX_MEM = 3 << 30      # RAM stays below the 32-bit MMIO hole
@@ -47,7 +50,7 @@ class Machine:
                  kvm_path="/dev/kvm", machine_type="bare"):
         if machine_type not in pc.MACHINES:
             raise BadInput(f"unknown machine {machine_type!r}: choose one of {', '.join(pc.MACHINES)}")
-        if not 0 < mem_size <= MAX_MEM or mem_size % 4096:
+        if not 0 < mem_size <= MAX_MEM or mem_size % PAGE_SIZE:
             raise BadInput(f"guest memory of {mem_size} bytes: must be a multiple of 4 KiB "
                            f"between 4 KiB and {MAX_MEM >> 30} GiB")
         self.outcome = None
@@ -78,6 +81,7 @@ class Machine:
                 self.vcpus.append(self._resources.enter_context(self.vm.create_vcpu(vcpu_id)))
             if machine_type == "pc":
                 pc.hold_application_processors(self.vcpus)
+            self.pause_gate = PauseGate(len(self.vcpus), lambda: self.outcome is not None)
             self.loops = [RunLoop(self, vcpu) for vcpu in self.vcpus]
         except BaseException:
             self._resources.close()
@@ -87,9 +91,9 @@ class Machine:
 
     def load(self, image, mode="long", load_addr=None, entry=None, stack=None):
         """Load a flat image and put vCPU 0 in `mode` at its entry point."""
-        if mode not in cpu.MODES:
-            raise BadInput(f"unknown mode {mode!r}: choose one of {', '.join(cpu.MODES)}")
-        load_addr = cpu.DEFAULT_LOAD_ADDR[mode] if load_addr is None else load_addr
+        if mode not in boot.MODES:
+            raise BadInput(f"unknown mode {mode!r}: choose one of {', '.join(boot.MODES)}")
+        load_addr = boot.DEFAULT_LOAD_ADDR[mode] if load_addr is None else load_addr
         entry = load_addr if entry is None else entry
         flat.load_flat(self.memory, image, load_addr, mode)
         if not self.memory.contains(entry):
@@ -97,11 +101,11 @@ class Machine:
         self.setup_cpu(mode, entry, stack)
 
     def setup_cpu(self, mode, entry, stack=None, extra_regs=None):
-        stack = cpu.DEFAULT_STACK[mode] if stack is None else stack
+        stack = boot.DEFAULT_STACK[mode] if stack is None else stack
         supported = self.kvm.supported_cpuid()
         for vcpu in self.vcpus:
-            vcpu.set_cpuid(cpu.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
-        cpu.setup_mode(self.vcpus[0], self.memory, mode, entry, stack, extra_regs)
+            vcpu.set_cpuid(cpuid.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
+        boot.setup_mode(self.vcpus[0], self.memory, mode, entry, stack, extra_regs)
 
     # -- running -------------------------------------------------------------
 
@@ -113,12 +117,18 @@ class Machine:
         for vcpu in self.vcpus:
             vcpu.kick()
 
+    def pause(self, exempt=None):
+        """Park every vCPU (but the one with id `exempt`, when a vCPU thread asks for the others)
+        between two KVM_RUNs; returns a Pause once they are all parked (resume() it, or use it
+        as a context manager), or None when the machine stops first."""
+        return self.pause_gate.pause(exempt, lambda vcpu_id: self.vcpus[vcpu_id].kick())
+
     def run(self, timeout=None):
         """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock."""
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
         elif not kick_handler_installed():
-            raise VmmError("Machine.run() off the main thread needs vmm.vcpu.install_kick_handler() "
+            raise VmmError("Machine.run() off the main thread needs vmm.kvm.install_kick_handler() "
                            "called on the main thread first (timeouts must be able to interrupt KVM_RUN)")
         errors = []
         threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]

@@ -1,27 +1,38 @@
 """Exit statistics, like kvm_stat or Firecracker's metrics: exits per reason and per
 I/O port, and the time each vCPU spent inside KVM_RUN versus in the VMM.
 
-Collection wraps a run loop's KVM_RUN call and its I/O handler, so a run
-without --stats pays nothing. Each vCPU thread writes only its own record.
+Collection observes each run loop (RunLoop.observe), so a run without --stats pays
+nothing. Each vCPU thread writes only its own record.
 """
 import json
-import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import kvm_abi
 
-from .exits import exit_name
+from ..kvm.exits import exit_name
+
+_KVM_EXIT_IO = kvm_abi.KVM_EXIT_IO
 
 
+@dataclass(slots=True)
 class VcpuStats:
-    __slots__ = ("vcpu_id", "exits", "ports", "kvm_ns", "first_ns", "last_ns")
+    vcpu_id: int
+    exits: Counter = field(default_factory=Counter)   # exit reason -> count
+    ports: Counter = field(default_factory=Counter)   # (port, "in" | "out") -> count of exits
+    kvm_ns: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
 
-    def __init__(self, vcpu_id):
-        self.vcpu_id = vcpu_id
-        self.exits = Counter()   # exit reason -> count
-        self.ports = Counter()   # (port, "in" | "out") -> count of exits
-        self.kvm_ns = 0
-        self.first_ns = self.last_ns = None
+    def observe(self, exit, start_ns, end_ns):
+        """A RunLoop observer: one KVM_RUN that took [start_ns, end_ns) and returned `exit`."""
+        self.kvm_ns += end_ns - start_ns
+        if self.first_ns is None:
+            self.first_ns = start_ns
+        self.last_ns = end_ns
+        self.exits[exit.reason] += 1
+        if exit.reason == _KVM_EXIT_IO:
+            self.ports[exit.port, "out" if exit.is_write else "in"] += 1
 
     @property
     def vmm_ns(self):
@@ -39,30 +50,7 @@ class ExitStats:
         """Count every exit of this run loop's vCPU and time its KVM_RUN calls."""
         record = VcpuStats(loop.vcpu.id)
         self.vcpus.append(record)
-        clock = time.perf_counter_ns
-        run, exits, ports = loop.vcpu.run, record.exits, record.ports
-
-        def timed_run():
-            start = clock()
-            try:
-                exit = run()
-            finally:
-                end = clock()
-                record.kvm_ns += end - start
-                if record.first_ns is None:
-                    record.first_ns = start
-                record.last_ns = end
-            exits[exit.reason] += 1
-            return exit
-
-        handle_io = loop.handlers[kvm_abi.KVM_EXIT_IO]
-
-        def counted_io(exit):
-            ports[exit.port, "out" if exit.is_write else "in"] += 1
-            handle_io(exit)
-
-        loop.vcpu.run = timed_run
-        loop.handlers[kvm_abi.KVM_EXIT_IO] = counted_io
+        loop.observe(record.observe)
 
     def summary(self):
         """Everything collected, as a JSON-ready dict."""

@@ -8,8 +8,9 @@ import threading
 import kvm_abi
 
 from . import exits
-from . import sys as _sys
-from .errors import KvmError
+from . import libc
+from ..errors import KvmError
+from ..x86.registers import GENERAL_REGISTERS
 
 # The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing;
 # interrupting the ioctl is the point).
@@ -19,19 +20,16 @@ KICK_SIGNAL = signal.SIGUSR1
 # builds a fresh call interface for every call to a variadic function, which
 # costs more than the rest of the exit path. On x86-64 a pointer argument is
 # passed the same way to a variadic and a fixed-argument function.
-_run_ioctl = _sys.ffi.cast("int (*)(int, unsigned long, void *)", _sys.libc.ioctl)
+_run_ioctl = libc.ffi.cast("int (*)(int, unsigned long, void *)", libc.lib.ioctl)
 _KVM_RUN = kvm_abi.KVM_RUN
-_NULL = _sys.ffi.NULL
+_NULL = libc.ffi.NULL
 _decode = exits.decode
 
-REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
-# struct kvm_regs is these 18 u64 in this order; read in one unpack.
-_REGS = struct.Struct("<18Q")
-assert [_sys.ffi.offsetof("struct kvm_regs", name) for name in REG_NAMES] == list(range(0, 18 * 8, 8))
-_SYNCED_REGS_AT = _sys.ffi.offsetof("struct kvm_run", "s", "regs", "regs")
-_RIP_INDEX = REG_NAMES.index("rip")
-_RIP = struct.Struct("<Q")
+# struct kvm_regs is the general registers, u64 each, in GENERAL_REGISTERS order: read in one unpack.
+_REGS = struct.Struct(f"<{len(GENERAL_REGISTERS)}Q")
+assert [libc.ffi.offsetof("struct kvm_regs", name) for name in GENERAL_REGISTERS] == list(
+    range(0, _REGS.size, 8))
+_SYNCED_REGS_AT = libc.ffi.offsetof("struct kvm_run", "s", "regs", "regs")
 
 
 def kick_handler_installed():
@@ -44,16 +42,16 @@ def install_kick_handler():
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
 
 
-class Vcpu(_sys.FileDescriptor):
+class Vcpu(libc.FileDescriptor):
     """A vCPU: ioctls on its fd plus the shared kvm_run page."""
 
     def __init__(self, fd, vcpu_id, mmap_size):
         super().__init__(fd)
         self.id = vcpu_id
         self._mmap_size = mmap_size
-        self._mapping = _sys.mmap(mmap_size, _sys.PROT_READ | _sys.PROT_WRITE, _sys.MAP_SHARED, fd, 0)
-        self.run_struct = _sys.ffi.cast("struct kvm_run *", self._mapping)
-        self._view = memoryview(_sys.ffi.buffer(self._mapping, mmap_size))
+        self._mapping = libc.mmap(mmap_size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd, 0)
+        self.run_struct = libc.ffi.cast("struct kvm_run *", self._mapping)
+        self._view = memoryview(libc.ffi.buffer(self._mapping, mmap_size))
         # Refilled at every I/O and DEBUG exit.
         self._io = exits.Io(kvm_abi.KVM_EXIT_IO, 0, 0, 0, False, None)
         self._debug = exits.Debug(kvm_abi.KVM_EXIT_DEBUG, 0, 0, 0, 0)
@@ -65,7 +63,7 @@ class Vcpu(_sys.FileDescriptor):
         """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR); the exit is
         valid until the next run() (an I/O or DEBUG exit is the same object every time)."""
         if _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
-            error = _sys.ffi.errno
+            error = libc.ffi.errno
             if error == errno.EINTR or error == errno.EAGAIN:
                 self.run_struct.immediate_exit = 0
                 return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
@@ -89,26 +87,20 @@ class Vcpu(_sys.FileDescriptor):
     # -- state ---------------------------------------------------------------
 
     def get_regs(self):
-        regs = _sys.ffi.new("struct kvm_regs *")
-        _sys.ioctl(self.fd, kvm_abi.KVM_GET_REGS, regs)
+        regs = libc.ffi.new("struct kvm_regs *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_REGS, regs)
         return regs
 
     def set_regs(self, regs):
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_REGS, regs)
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_REGS, regs)
 
     def get_sregs(self):
-        sregs = _sys.ffi.new("struct kvm_sregs *")
-        _sys.ioctl(self.fd, kvm_abi.KVM_GET_SREGS, sregs)
+        sregs = libc.ffi.new("struct kvm_sregs *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_SREGS, sregs)
         return sregs
 
     def set_sregs(self, sregs):
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_SREGS, sregs)
-
-    def register_values(self):
-        """The general registers as a tuple in REG_NAMES order (KVM_GET_REGS)."""
-        regs = _sys.ffi.new("struct kvm_regs *")
-        _sys.ioctl(self.fd, kvm_abi.KVM_GET_REGS, regs)
-        return _REGS.unpack(_sys.ffi.buffer(regs))
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_SREGS, sregs)
 
     # KVM_CAP_SYNC_REGS: with KVM_SYNC_X86_REGS in kvm_valid_regs, KVM copies the general
     # registers into kvm_run at every exit, which saves a KVM_GET_REGS per exit.
@@ -118,41 +110,29 @@ class Vcpu(_sys.FileDescriptor):
         self.run_struct.kvm_valid_regs = kvm_abi.KVM_SYNC_X86_REGS if enabled else 0
 
     def register_reader(self, synced):
-        """A function of no arguments returning the general registers as register_values()
-        does: from kvm_run when synced (sync_regs on: no ioctl, no Python frame), else by
-        KVM_GET_REGS."""
+        """A function of no arguments returning the general registers as a tuple in
+        GENERAL_REGISTERS order: from kvm_run when synced (sync_regs on: no ioctl, no Python
+        frame), else by KVM_GET_REGS."""
         if synced:
             return functools.partial(_REGS.unpack_from, self._view, _SYNCED_REGS_AT)
-        return self.register_values
-
-    def rip_reader(self, synced):
-        """Like register_reader, for RIP alone; the function returns the 1-tuple (rip,)."""
-        if synced:
-            return functools.partial(_RIP.unpack_from, self._view, _SYNCED_REGS_AT + 8 * _RIP_INDEX)
-        return lambda: (self.register_values()[_RIP_INDEX],)
-
-    def translate(self, linear_address):
-        """KVM_TRANSLATE: (physical address, valid, writeable) of a guest linear address."""
-        tr = _sys.ffi.new("struct kvm_translation *", {"linear_address": linear_address})
-        _sys.ioctl(self.fd, kvm_abi.KVM_TRANSLATE, tr)
-        return tr.physical_address, bool(tr.valid), bool(tr.writeable)
+        return lambda: _REGS.unpack(libc.ffi.buffer(self.get_regs()))
 
     def set_cpuid(self, entries):
         """KVM_SET_CPUID2 from a list of dicts as Kvm.supported_cpuid() returns."""
-        buf = _sys.ffi.new("char[]", _sys.ffi.sizeof("struct kvm_cpuid2")
-                           + len(entries) * _sys.ffi.sizeof("struct kvm_cpuid_entry2"))
-        cpuid = _sys.ffi.cast("struct kvm_cpuid2 *", buf)
+        buf = libc.ffi.new("char[]", libc.ffi.sizeof("struct kvm_cpuid2")
+                           + len(entries) * libc.ffi.sizeof("struct kvm_cpuid_entry2"))
+        cpuid = libc.ffi.cast("struct kvm_cpuid2 *", buf)
         cpuid.nent = len(entries)
         for i, entry in enumerate(entries):
             for name, value in entry.items():
                 setattr(cpuid.entries[i], name, value)
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_CPUID2, cpuid)
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_CPUID2, cpuid)
 
     def set_guest_debug(self, enable=False, single_step=False, hw_breakpoints=(), dr7=None):
         """KVM_SET_GUEST_DEBUG: single-step and/or up to four hardware execution breakpoints."""
         if len(hw_breakpoints) > 4:
             raise ValueError("at most four hardware breakpoints")
-        debug = _sys.ffi.new("struct kvm_guest_debug *")
+        debug = libc.ffi.new("struct kvm_guest_debug *")
         control = 0
         if enable or single_step or hw_breakpoints:
             control |= kvm_abi.KVM_GUESTDBG_ENABLE
@@ -166,23 +146,18 @@ class Vcpu(_sys.FileDescriptor):
                 enables |= 1 << (index * 2)  # Ln bit; R/W=00 (execute), LEN=00
             debug.arch.debugreg[7] = enables if dr7 is None else dr7
         debug.control = control
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_GUEST_DEBUG, debug)
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_GUEST_DEBUG, debug)
 
     def get_vcpu_events(self):
-        events = _sys.ffi.new("struct kvm_vcpu_events *")
-        _sys.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_EVENTS, events)
+        events = libc.ffi.new("struct kvm_vcpu_events *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_EVENTS, events)
         return events
 
     def set_vcpu_events(self, events):
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_VCPU_EVENTS, events)
-
-    def get_mp_state(self):
-        state = _sys.ffi.new("struct kvm_mp_state *")
-        _sys.ioctl(self.fd, kvm_abi.KVM_GET_MP_STATE, state)
-        return state.mp_state
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_VCPU_EVENTS, events)
 
     def set_mp_state(self, mp_state):
-        _sys.ioctl(self.fd, kvm_abi.KVM_SET_MP_STATE, _sys.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_MP_STATE, libc.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))
 
     # -- lifetime ------------------------------------------------------------
 
@@ -192,6 +167,6 @@ class Vcpu(_sys.FileDescriptor):
                 self._io.data.release()
                 self._io.data = None
             self._view.release()
-            _sys.munmap(self._mapping, self._mmap_size)
+            libc.munmap(self._mapping, self._mmap_size)
             self._mapping = self.run_struct = self._view = None
         super().close()

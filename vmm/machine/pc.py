@@ -6,11 +6,11 @@ before the vCPUs are created; devices are added once the buses exist.
 """
 import kvm_abi
 
-from .devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg, pc_items
-from .devices.fw_cfg import PORT_COUNT as FW_CFG_PORTS
-from .devices.pci import PCI_CONFIG_ADDRESS, EmptyPciHost
-from .devices.pci import PORT_COUNT as PCI_PORTS
-from .devices.serial import COM1_IRQ
+from ..devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg, pc_items
+from ..devices.fw_cfg import PORT_COUNT as FW_CFG_PORTS
+from ..devices.pci import PCI_CONFIG_ADDRESS, EmptyPciHost
+from ..devices.pci import PORT_COUNT as PCI_PORTS
+from ..devices.serial import COM1_IRQ
 
 MACHINES = ("pc", "bare")
 

@@ -4,12 +4,9 @@ A RAM region's backing memory and its memslots are separate: pages can be
 taken out of the slot layout (so guest accesses to them exit to userspace)
 while their contents stay in the backing mmap.
 """
-import struct
-
-from . import sys as _sys
-from .errors import VmmError
-
-PAGE_SIZE = 4096
+from ..errors import VmmError
+from ..kvm import libc
+from ..x86.paging import PAGE_SIZE
 
 
 class GuestMemoryError(VmmError):
@@ -23,15 +20,15 @@ class RamRegion:
         self.gpa = gpa
         self.size = size
         self.end = gpa + size
-        self._addr = _sys.mmap(size, _sys.PROT_READ | _sys.PROT_WRITE,
-                               _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE)
-        self.host_addr = int(_sys.ffi.cast("uintptr_t", self._addr))
-        self.view = memoryview(_sys.ffi.buffer(self._addr, size))
+        self._addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE,
+                               libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
+        self.host_addr = int(libc.ffi.cast("uintptr_t", self._addr))
+        self.view = memoryview(libc.ffi.buffer(self._addr, size))
 
     def close(self):
         if self._addr is not None:
             self.view = None
-            _sys.munmap(self._addr, self.size)
+            libc.munmap(self._addr, self.size)
             self._addr = None
 
 
@@ -75,6 +72,11 @@ class GuestMemory:
     @property
     def unmapped_pages(self):
         return self._unmapped
+
+    @property
+    def slots(self):
+        """The memslots now registered with KVM: sorted (gpa, size, host address)."""
+        return sorted(self._slots.values())
 
     def set_split_points(self, addresses):
         """Page-aligned addresses where memslots always end, so that unmapping and remapping
@@ -132,18 +134,6 @@ class GuestMemory:
 
     def write(self, gpa, data):
         self.view(gpa, len(data))[:] = data
-
-    def read_u32(self, gpa):
-        return struct.unpack_from("<I", self.view(gpa, 4))[0]
-
-    def read_u64(self, gpa):
-        return struct.unpack_from("<Q", self.view(gpa, 8))[0]
-
-    def write_u32(self, gpa, value):
-        struct.pack_into("<I", self.view(gpa, 4), 0, value)
-
-    def write_u64(self, gpa, value):
-        struct.pack_into("<Q", self.view(gpa, 8), 0, value)
 
     def read_cstring(self, gpa, limit):
         """A NUL-terminated string of at most `limit` bytes, clipped at the end of RAM."""

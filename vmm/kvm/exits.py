@@ -9,6 +9,7 @@ of internal-error words) are bounds-checked here, once, so handlers can trust
 them; a kvm_run that breaks those bounds decodes as Malformed.
 """
 import struct
+from dataclasses import dataclass, field
 
 import kvm_abi as abi
 
@@ -25,152 +26,118 @@ def exit_name(reason):
     return EXIT_NAMES.get(reason, f"UNSUPPORTED({reason})")
 
 
+@dataclass(slots=True)
 class VcpuExit:
     """Base of every decoded exit; reason is the raw kvm_run.exit_reason."""
 
-    __slots__ = ("reason",)
-    fields = ()
-
-    def __init__(self, reason):
-        self.reason = reason
+    reason: int
 
     @property
     def name(self):
         return exit_name(self.reason)
 
-    def __repr__(self):
-        details = ", ".join(f"{field}={getattr(self, field)!r}" for field in self.fields)
-        return f"{type(self).__name__}({details})"
 
-
+@dataclass(slots=True)
 class Io(VcpuExit):
     """Port I/O; data is a writable view of the size*count bytes inside kvm_run."""
 
-    __slots__ = ("port", "size", "count", "is_write", "data", "header")
-    fields = ("port", "size", "count", "is_write")
-
-    def __init__(self, reason, port, size, count, is_write, data, header=None):
-        self.reason = reason
-        self.port = port
-        self.size = size
-        self.count = count
-        self.is_write = is_write
-        self.data = data
-        self.header = header   # the raw kvm_run fields it was decoded from, when reused
+    port: int
+    size: int
+    count: int
+    is_write: bool
+    data: memoryview | None = field(repr=False)
+    header: tuple | None = field(default=None, repr=False)   # the raw fields, when reused
 
 
+@dataclass(slots=True)
 class Mmio(VcpuExit):
     """Memory-mapped I/O; data is a writable view of the len bytes inside kvm_run."""
 
-    __slots__ = ("phys_addr", "length", "is_write", "data")
-    fields = ("phys_addr", "length", "is_write")
-
-    def __init__(self, reason, phys_addr, length, is_write, data):
-        self.reason = reason
-        self.phys_addr, self.length, self.is_write, self.data = phys_addr, length, is_write, data
+    phys_addr: int
+    length: int
+    is_write: bool
+    data: memoryview = field(repr=False)
 
 
+@dataclass(slots=True)
 class Hlt(VcpuExit):
-    __slots__ = ()
+    pass
 
 
+@dataclass(slots=True)
 class Shutdown(VcpuExit):
     """Triple fault (or another shutdown condition) in the guest."""
 
-    __slots__ = ()
 
-
+@dataclass(slots=True)
 class Interrupted(VcpuExit):
     """KVM_RUN returned EINTR: a signal or immediate_exit kicked the vCPU out."""
 
-    __slots__ = ()
 
-
+@dataclass(slots=True)
 class FailEntry(VcpuExit):
-    __slots__ = ("hardware_entry_failure_reason", "cpu")
-    fields = ("hardware_entry_failure_reason", "cpu")
-
-    def __init__(self, reason, hardware_entry_failure_reason, cpu):
-        self.reason = reason
-        self.hardware_entry_failure_reason, self.cpu = hardware_entry_failure_reason, cpu
+    hardware_entry_failure_reason: int
+    cpu: int
 
 
+@dataclass(slots=True)
 class InternalError(VcpuExit):
     """data holds the ndata words KVM supplied (at most 16)."""
 
-    __slots__ = ("suberror", "data")
-    fields = ("suberror", "data")
-
-    def __init__(self, reason, suberror, data):
-        self.reason = reason
-        self.suberror, self.data = suberror, data
+    suberror: int
+    data: tuple
 
 
+@dataclass(slots=True)
 class Unknown(VcpuExit):
     """KVM_EXIT_UNKNOWN: the hardware exit KVM did not handle."""
 
-    __slots__ = ("hardware_exit_reason",)
-    fields = ("hardware_exit_reason",)
-
-    def __init__(self, reason, hardware_exit_reason):
-        self.reason = reason
-        self.hardware_exit_reason = hardware_exit_reason
+    hardware_exit_reason: int
 
 
+@dataclass(slots=True)
 class Debug(VcpuExit):
-    __slots__ = ("exception", "pc", "dr6", "dr7")
-    fields = ("exception", "pc", "dr6", "dr7")
-
-    def __init__(self, reason, exception, pc, dr6, dr7):
-        self.reason = reason
-        self.exception, self.pc, self.dr6, self.dr7 = exception, pc, dr6, dr7
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
 
 
+@dataclass(slots=True)
 class SystemEvent(VcpuExit):
-    __slots__ = ("type", "data")
-    fields = ("type", "data")
-
-    def __init__(self, reason, type, data):
-        self.reason = reason
-        self.type, self.data = type, data
+    type: int
+    data: tuple
 
 
+@dataclass(slots=True)
 class Emulate(VcpuExit):
     """KVM_EXIT_EMULATE from the exec-trap patch: an instruction fetch from a marked page."""
 
-    __slots__ = ("flags", "gpa", "gva", "rip")
-    fields = ("flags", "gpa", "gva", "rip")
-
-    def __init__(self, reason, flags, gpa, gva, rip):
-        self.reason = reason
-        self.flags, self.gpa, self.gva, self.rip = flags, gpa, gva, rip
+    flags: int
+    gpa: int
+    gva: int
+    rip: int
 
     @property
     def gva_valid(self):
         return bool(self.flags & abi.KVM_EMULATE_GVA_VALID)
 
 
+@dataclass(slots=True)
 class Malformed(VcpuExit):
     """An exit whose kvm_run fields are out of bounds; reason MALFORMED keeps it from devices."""
 
-    __slots__ = ("original_reason", "why")
-    fields = ("original_reason", "why")
-
-    def __init__(self, original_reason, why):
-        self.reason = MALFORMED
-        self.original_reason = original_reason
-        self.why = why
+    original_reason: int
+    why: str
 
     @property
     def name(self):
         return f"MALFORMED {exit_name(self.original_reason)}"
 
 
+@dataclass(slots=True)
 class Unsupported(VcpuExit):
     """An exit reason the VMM does not decode; the number is kept."""
-
-    __slots__ = ()
-    fields = ("reason",)
 
 
 _IO_SIZES = (1, 2, 4)
@@ -201,7 +168,7 @@ def _decode_mmio(reason, run, view):
     mmio = run.mmio
     length = mmio.len
     if not 1 <= length <= 8:
-        return Malformed(reason, f"MMIO exit with len={length}")
+        return Malformed(MALFORMED, reason, f"MMIO exit with len={length}")
     return Mmio(reason, mmio.phys_addr, length, bool(mmio.is_write), view[_MMIO_DATA:_MMIO_DATA + length])
 
 
@@ -249,7 +216,7 @@ def decode(run, view, io=None, debug=None):
     if reason == _KVM_EXIT_IO:  # most exits: decoded here, without the table
         end = offset + size * count
         if size not in _IO_SIZES or count == 0 or offset < _RUN_SIZE or end > len(view):
-            return Malformed(reason, f"I/O exit with size={size} count={count} data_offset={offset:#x}")
+            return Malformed(MALFORMED, reason, f"I/O exit with size={size} count={count} data_offset={offset:#x}")
         if io is None:
             return Io(reason, port, size, count, direction == _IO_OUT, view[offset:end])
         io.port = port

@@ -4,14 +4,14 @@ import os
 
 import kvm_abi
 
-from . import sys as _sys
-from .errors import KvmError, KvmUnavailable
+from . import libc
+from ..errors import KvmError, KvmUnavailable
 from .vm import Vm
 
 KVM_DEVICE = "/dev/kvm"
 
 
-class Kvm(_sys.FileDescriptor):
+class Kvm(libc.FileDescriptor):
     """An open /dev/kvm."""
 
     def __init__(self, path=KVM_DEVICE):
@@ -24,7 +24,7 @@ class Kvm(_sys.FileDescriptor):
         except OSError as error:
             raise KvmUnavailable(f"cannot open {path}: {error.strerror}") from None
         try:
-            version = _sys.ioctl(self.fd, kvm_abi.KVM_GET_API_VERSION)
+            version = libc.ioctl(self.fd, kvm_abi.KVM_GET_API_VERSION)
             if version != kvm_abi.KVM_API_VERSION:
                 raise KvmUnavailable(f"{path} speaks KVM API version {version}, expected {kvm_abi.KVM_API_VERSION}")
         except BaseException:
@@ -33,21 +33,21 @@ class Kvm(_sys.FileDescriptor):
 
     def check_extension(self, capability):
         """KVM_CHECK_EXTENSION on the system fd: 0 when absent, else the capability's value."""
-        return _sys.ioctl(self.fd, kvm_abi.KVM_CHECK_EXTENSION, capability)
+        return libc.ioctl(self.fd, kvm_abi.KVM_CHECK_EXTENSION, capability)
 
     def vcpu_mmap_size(self):
-        return _sys.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_MMAP_SIZE)
+        return libc.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_MMAP_SIZE)
 
     def supported_cpuid(self):
         """KVM_GET_SUPPORTED_CPUID as a list of dicts (function, index, flags, eax..edx)."""
         count = 64
         while True:
-            buf = _sys.ffi.new("char[]", _sys.ffi.sizeof("struct kvm_cpuid2")
-                               + count * _sys.ffi.sizeof("struct kvm_cpuid_entry2"))
-            header = _sys.ffi.cast("struct kvm_cpuid2 *", buf)
+            buf = libc.ffi.new("char[]", libc.ffi.sizeof("struct kvm_cpuid2")
+                               + count * libc.ffi.sizeof("struct kvm_cpuid_entry2"))
+            header = libc.ffi.cast("struct kvm_cpuid2 *", buf)
             header.nent = count
             try:
-                _sys.ioctl(self.fd, kvm_abi.KVM_GET_SUPPORTED_CPUID, header)
+                libc.ioctl(self.fd, kvm_abi.KVM_GET_SUPPORTED_CPUID, header)
             except KvmError as error:
                 if error.errno == errno.E2BIG and count < 4096:
                     count *= 2
@@ -58,4 +58,4 @@ class Kvm(_sys.FileDescriptor):
                     for i in range(header.nent)]
 
     def create_vm(self):
-        return Vm(_sys.ioctl(self.fd, kvm_abi.KVM_CREATE_VM, 0), self)
+        return Vm(libc.ioctl(self.fd, kvm_abi.KVM_CREATE_VM, 0), self)

@@ -1,8 +1,11 @@
 """Readable reports of exits that stop a guest: the reason decoded, registers, bytes at RIP."""
 import kvm_abi as abi
 
-from . import exits
-from .errors import VmmError
+from ..errors import VmmError
+from ..kvm import exits
+from ..x86 import paging
+from ..x86.mode import linear_rip
+from ..x86.registers import GPRS, SEGMENT_REGISTERS, SYSTEM_SEGMENTS
 
 # Intel SDM vol. 3, appendix C: VMX basic exit reasons.
 VMX_EXIT_REASONS = {
@@ -61,8 +64,6 @@ SYSTEM_EVENTS = {
     abi.KVM_SYSTEM_EVENT_SUSPEND: "SUSPEND", abi.KVM_SYSTEM_EVENT_SEV_TERM: "SEV_TERM",
 }
 
-_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 BYTES_AT_RIP = 16
 
 
@@ -107,27 +108,13 @@ def _segment_line(name, seg):
             f"type={seg.type:#x} p={seg.present} dpl={seg.dpl} db={seg.db} s={seg.s} l={seg.l} g={seg.g}")
 
 
-def rip_linear(regs, sregs):
-    """The linear address of RIP: CS base applies outside 64-bit mode."""
-    if sregs.cs.l and sregs.efer & (1 << 10):
-        return regs.rip
-    return (sregs.cs.base + regs.rip) & 0xFFFFFFFF
-
-
-def bytes_at_rip(vcpu, memory, regs, sregs, count=BYTES_AT_RIP):
-    """Up to `count` bytes at RIP, or None when RIP does not translate into RAM."""
-    linear = rip_linear(regs, sregs)
-    if sregs.cr0 & 0x80000000:
-        try:
-            physical, valid, _ = vcpu.translate(linear)
-        except VmmError:
-            return None
-        if not valid:
-            return None
-    else:
-        physical = linear
-    page_left = 4096 - (physical & 0xFFF)
-    length = min(count, page_left)
+def bytes_at_rip(memory, regs, sregs, count=BYTES_AT_RIP):
+    """Up to `count` bytes at RIP (not past its page), or None when RIP does not translate
+    into RAM."""
+    physical = paging.translate(memory, sregs, linear_rip(regs.rip, sregs))
+    if physical is None:
+        return None
+    length = min(count, paging.PAGE_SIZE - (physical & ~paging.PAGE_MASK))
     if not memory.contains(physical, length):
         return None
     return memory.read(physical, length)
@@ -138,20 +125,18 @@ def state_report(vcpu, memory):
     regs = vcpu.get_regs()
     sregs = vcpu.get_sregs()
     lines = []
-    for row in range(0, len(_GPRS), 4):
-        lines.append("  ".join(f"{name.upper():>3}={getattr(regs, name):016x}" for name in _GPRS[row:row + 4]))
+    for row in range(0, len(GPRS), 4):
+        lines.append("  ".join(f"{name.upper():>3}={getattr(regs, name):016x}" for name in GPRS[row:row + 4]))
     lines.append(f"RIP={regs.rip:016x}  RFLAGS={regs.rflags:016x}")
-    for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"):
+    for name in SEGMENT_REGISTERS + SYSTEM_SEGMENTS:
         lines.append(_segment_line(name.upper(), getattr(sregs, name)))
     lines.append(f"GDT base={sregs.gdt.base:#x} limit={sregs.gdt.limit:#x}  "
                  f"IDT base={sregs.idt.base:#x} limit={sregs.idt.limit:#x}")
     lines.append(f"CR0={sregs.cr0:#x} CR2={sregs.cr2:#x} CR3={sregs.cr3:#x} CR4={sregs.cr4:#x} "
                  f"CR8={sregs.cr8:#x} EFER={sregs.efer:#x}")
-    code = bytes_at_rip(vcpu, memory, regs, sregs)
-    if code is None:
-        lines.append(f"bytes at RIP (linear {rip_linear(regs, sregs):#x}): not in guest RAM")
-    else:
-        lines.append(f"bytes at RIP (linear {rip_linear(regs, sregs):#x}): {code.hex(' ')}")
+    code = bytes_at_rip(memory, regs, sregs)
+    where = f"bytes at RIP (linear {linear_rip(regs.rip, sregs):#x})"
+    lines.append(f"{where}: not in guest RAM" if code is None else f"{where}: {code.hex(' ')}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,10 @@
 64-bit long mode with a GDT and identity-mapped page tables built in guest RAM."""
 import struct
 
+from .paging import PAGE_SIZE, PTE_P, PTE_PS, PTE_RW
+from .registers import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME,
+                        RFLAGS_FIXED)
+
 MODES = ("real", "protected", "long")
 
 # Guest-physical layout of what the VMM builds for protected and long mode.
@@ -17,12 +21,6 @@ _GDT = (0,
         0x00AF9A000000FFFF,  # 0x08: 64-bit code, DPL 0
         0x00CF92000000FFFF,  # 0x10: flat data, 4 GiB
         0x00CF9A000000FFFF)  # 0x18: 32-bit flat code, 4 GiB
-
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
-RFLAGS_RESERVED = 1 << 1
 
 DEFAULT_LOAD_ADDR = {"real": 0x7C00, "protected": 0x100000, "long": 0x100000}
 DEFAULT_STACK = {"real": 0x7C00, "protected": 0x80000, "long": 0x80000}
@@ -54,7 +52,7 @@ def _write_page_tables(memory):
     directories = IDENTITY_MAPPED >> 30
     memory.write(BOOT_PML4, struct.pack("<Q", BOOT_PDPT | PTE_P | PTE_RW) + bytes(4088))
     memory.write(BOOT_PDPT, struct.pack(f"<{directories}Q", *(
-        (BOOT_PD + i * 4096) | PTE_P | PTE_RW for i in range(directories))) + bytes(4096 - 8 * directories))
+        (BOOT_PD + i * PAGE_SIZE) | PTE_P | PTE_RW for i in range(directories))) + bytes(PAGE_SIZE - 8 * directories))
     memory.write(BOOT_PD, struct.pack(f"<{512 * directories}Q", *(
         (i << 21) | PTE_P | PTE_RW | PTE_PS for i in range(512 * directories))))
 
@@ -91,22 +89,7 @@ def setup_mode(vcpu, memory, mode, entry, stack, extra_regs=None):
     regs = vcpu.get_regs()
     regs.rip = entry
     regs.rsp = stack
-    regs.rflags = RFLAGS_RESERVED
+    regs.rflags = RFLAGS_FIXED
     for name, value in (extra_regs or {}).items():
         setattr(regs, name, value)
     vcpu.set_regs(regs)
-
-
-def cpuid_for_vcpu(supported, vcpu_id, vcpu_count):
-    """KVM's supported CPUID with this vCPU's APIC id and the VM's logical CPU count filled in."""
-    entries = []
-    for entry in supported:
-        entry = dict(entry)
-        if entry["function"] == 1:
-            entry["ebx"] = (entry["ebx"] & 0x0000FFFF) | (vcpu_count & 0xFF) << 16 | (vcpu_id & 0xFF) << 24
-            if vcpu_count > 1:
-                entry["edx"] |= 1 << 28   # HTT: the count in EBX[23:16] is valid
-        elif entry["function"] in (0xB, 0x1F):
-            entry["edx"] = vcpu_id
-        entries.append(entry)
-    return entries

@@ -5,7 +5,7 @@ import cffi
 
 import kvm_abi
 
-from .errors import KvmError
+from ..errors import KvmError
 
 _ffi = cffi.FFI()
 _ffi.include(kvm_abi.ffi)
@@ -14,7 +14,7 @@ int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
 """)
-libc = _ffi.dlopen(None)
+lib = _ffi.dlopen(None)
 ffi = _ffi
 
 PROT_READ, PROT_WRITE = 0x1, 0x2
@@ -30,7 +30,7 @@ def ioctl(fd, request, arg=_NO_ARG):
     """
     if not isinstance(arg, ffi.CData):
         arg = ffi.cast("unsigned long", arg)
-    result = libc.ioctl(fd, request, arg)
+    result = lib.ioctl(fd, request, arg)
     if result < 0:
         raise KvmError(kvm_abi.IOCTL_NAMES.get(request, hex(request)), ffi.errno)
     return result
@@ -38,7 +38,7 @@ def ioctl(fd, request, arg=_NO_ARG):
 
 def mmap(length, prot, flags, fd=-1, offset=0):
     """mmap(2) returning a void * cdata; raises OSError on failure."""
-    addr = libc.mmap(ffi.NULL, length, prot, flags, fd, offset)
+    addr = lib.mmap(ffi.NULL, length, prot, flags, fd, offset)
     if addr == MAP_FAILED:
         errno = ffi.errno
         raise OSError(errno, f"mmap of {length} bytes failed")
@@ -46,7 +46,7 @@ def mmap(length, prot, flags, fd=-1, offset=0):
 
 
 def munmap(addr, length):
-    if libc.munmap(addr, length) != 0:
+    if lib.munmap(addr, length) != 0:
         raise OSError(ffi.errno, "munmap failed")
 
 

@@ -1,0 +1,179 @@
+"""The run loop: KVM_RUN, decode, dispatch through one table (the userspace twin of KVM's
+kvm_vmx_exit_handlers), until the machine has an outcome.
+
+    exit = vcpu.run()                    # a typed exit (vmm.kvm.exits)
+    observers(exit, start_ns, end_ns)    # statistics
+    driver.on_exit(exit)                 # while a component drives this vCPU, or else
+    table[exit.reason](exit)             # a device bus, the VMM's own handlers, an interception
+
+Its extension points each return a handle that undoes them:
+- intercept(reason, handler): handle an exit reason instead of the table's handler (the
+  Interception can pass an exit on to the handler below it);
+- observe(observer): see every exit with the time KVM_RUN took;
+- drive(driver): take over the vCPU: every exit goes to driver.on_exit() until release(),
+  one KVM_RUN per turn of this loop (V2E single-steps this way); the driver hands the exits
+  it does not consume back with dispatch().
+Before each KVM_RUN the vCPU parks while a pause of the machine holds it.
+"""
+import time
+
+import kvm_abi as abi
+
+from ..errors import EXIT_TRIPLE_FAULT
+from . import report
+from .outcome import Outcome, halted, kvm_error
+
+
+class Interception:
+    """A handler put over an exit reason's handler; restore() takes it off again."""
+
+    __slots__ = ("reason", "handler", "_loop")
+
+    def __init__(self, loop, reason, handler):
+        self.reason, self.handler, self._loop = reason, handler, loop
+
+    def pass_on(self, exit):
+        """Hand the exit to the handler this interception covers."""
+        self._loop.handler_below(self)(exit)
+
+    def restore(self):
+        self._loop.remove_interception(self)
+
+
+class Observation:
+    __slots__ = ("observer", "_loop")
+
+    def __init__(self, loop, observer):
+        self.observer, self._loop = observer, loop
+
+    def remove(self):
+        self._loop.remove_observer(self)
+
+
+class RunLoop:
+    """Runs one vCPU until machine.outcome is set."""
+
+    def __init__(self, machine, vcpu):
+        self.machine = machine
+        self.vcpu = vcpu
+        self._table = {
+            abi.KVM_EXIT_IO: machine.ports.handle,
+            abi.KVM_EXIT_MMIO: machine.mmio.handle,
+            abi.KVM_EXIT_HLT: self._halt,
+            abi.KVM_EXIT_INTR: self._interrupted,
+            abi.KVM_EXIT_SHUTDOWN: self._triple_fault,
+        }
+        self._handlers = dict(self._table)   # the table with every interception applied
+        self._interceptions = {}             # reason -> [Interception], the last one on top
+        self._observers = []
+        self._driver = None
+
+    # -- extension points ----------------------------------------------------
+
+    def intercept(self, reason, handler):
+        interception = Interception(self, reason, handler)
+        self._interceptions.setdefault(reason, []).append(interception)
+        self._handlers[reason] = handler
+        return interception
+
+    def handler_below(self, interception):
+        stack = self._interceptions[interception.reason]
+        index = stack.index(interception)
+        if index:
+            return stack[index - 1].handler
+        return self._table.get(interception.reason, self._unhandled)
+
+    def remove_interception(self, interception):
+        stack = self._interceptions.get(interception.reason, [])
+        if interception not in stack:
+            return
+        stack.remove(interception)
+        if stack:
+            self._handlers[interception.reason] = stack[-1].handler
+        elif interception.reason in self._table:
+            self._handlers[interception.reason] = self._table[interception.reason]
+        else:
+            del self._handlers[interception.reason]
+
+    def observe(self, observer):
+        """observer(exit, start_ns, end_ns) after every KVM_RUN (perf_counter_ns times)."""
+        observation = Observation(self, observer)
+        self._observers.append(observation)
+        return observation
+
+    def remove_observer(self, observation):
+        if observation in self._observers:
+            self._observers.remove(observation)
+
+    def drive(self, driver):
+        """Give every exit to driver.on_exit() until release()."""
+        if self._driver is not None:
+            raise RuntimeError(f"vCPU {self.vcpu.id} is already driven by {self._driver!r}")
+        self._driver = driver
+
+    def release(self):
+        self._driver = None
+
+    @property
+    def driver(self):
+        return self._driver
+
+    def dispatch(self, exit):
+        """The table's (or an interception's) handling of an exit."""
+        self._handlers.get(exit.reason, self._unhandled)(exit)
+
+    def handler(self, reason):
+        """What dispatch() calls for an exit reason now."""
+        return self._handlers.get(reason, self._unhandled)
+
+    @property
+    def observers(self):
+        return tuple(observation.observer for observation in self._observers)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self):
+        vcpu, machine, handlers, unhandled = self.vcpu, self.machine, self._handlers, self._unhandled
+        gate, held, vcpu_id = machine.pause_gate, machine.pause_gate.held, vcpu.id
+        vcpu.bind_thread()
+        while machine.outcome is None:
+            if held[vcpu_id]:
+                gate.park(vcpu_id)
+                if machine.outcome is not None:
+                    break
+            if self._observers:
+                exit = self._observed_run()
+            else:
+                exit = vcpu.run()
+            driver = self._driver
+            if driver is not None:
+                driver.on_exit(exit)
+            else:
+                handlers.get(exit.reason, unhandled)(exit)
+
+    def _observed_run(self):
+        clock = time.perf_counter_ns
+        start = clock()
+        exit = self.vcpu.run()
+        end = clock()
+        for observation in self._observers:
+            observation.observer(exit, start, end)
+        return exit
+
+    # -- the VMM's own handlers ----------------------------------------------
+
+    def _halt(self, exit):
+        self.machine.stop(halted())
+
+    def _interrupted(self, exit):
+        pass  # a kick: the loop condition sees the outcome (or the pause) that caused it
+
+    def _triple_fault(self, exit):
+        text = report.exit_report(exit, self.vcpu, self.machine.memory)
+        self.machine.stop(Outcome("triple-fault", EXIT_TRIPLE_FAULT,
+                                  f"vCPU {self.vcpu.id}: guest triple fault (SHUTDOWN)", text, self.vcpu.id))
+
+    def _unhandled(self, exit):
+        """FAIL_ENTRY, INTERNAL_ERROR, UNKNOWN, and every exit without a handler."""
+        text = report.exit_report(exit, self.vcpu, self.machine.memory)
+        self.machine.stop(kvm_error(f"vCPU {self.vcpu.id}: {report.describe(exit)}", text, self.vcpu.id))

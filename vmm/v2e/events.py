@@ -1,0 +1,58 @@
+"""What the V2E engine reports: events (entries into the watched pages), steps (traced
+instructions), and the analysis's decisions about them."""
+import enum
+from dataclasses import dataclass
+
+from ..x86.paging import PAGE_MASK
+from ..x86.registers import general_registers_as_dict
+
+
+class Decision(enum.Enum):
+    """What the analysis wants for an event (or, from an instruction callback, from now on)."""
+    TRACE = "trace"   # record every instruction until execution leaves the watched pages
+    SKIP = "skip"     # let the watched code run unrecorded; the trap re-arms when it leaves
+    STOP = "stop"     # stop the guest now
+
+
+@dataclass(slots=True, repr=False)
+class EmulateEvent:
+    """One entry into the watched pages, whichever backend trapped it (regs and sregs: dicts)."""
+
+    index: int
+    vcpu_id: int
+    backend: str
+    gpa: int
+    gva: int | None
+    rip: int
+    mode: str
+    regs: dict
+    sregs: dict
+
+    @property
+    def page(self):
+        return self.gpa & PAGE_MASK
+
+    def __repr__(self):
+        gva = "None" if self.gva is None else f"{self.gva:#x}"
+        return (f"EmulateEvent(#{self.index}, vcpu={self.vcpu_id}, backend={self.backend}, "
+                f"gpa={self.gpa:#x}, gva={gva}, rip={self.rip:#x})")
+
+
+@dataclass(slots=True, repr=False)
+class Step:
+    """One traced instruction: where it was, its bytes, and the registers after it
+    (values: a tuple in GENERAL_REGISTERS order; regs: the same as a dict)."""
+
+    event: EmulateEvent
+    index: int
+    rip: int
+    gpa: int
+    code: bytes
+    values: tuple
+
+    @property
+    def regs(self):
+        return general_registers_as_dict(self.values)
+
+    def __repr__(self):
+        return f"Step(#{self.event.index}.{self.index}, rip={self.rip:#x}, {self.code.hex(' ')})"

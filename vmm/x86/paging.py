@@ -1,0 +1,109 @@
+"""The guest's page tables, walked in software: linear address -> guest-physical address.
+
+One walker for every paging mode a guest can be in: none (CR0.PG clear), 32-bit (with 4 MiB
+pages under CR4.PSE), PAE, 4-level and 5-level (CR4.LA57). Entries are read from guest RAM
+through `memory` (anything with contains(gpa, size) and view(gpa, size)); an entry outside RAM,
+a non-present entry, a set reserved bit (NX without EFER.NXE) or a non-canonical address
+means the address does not translate. A PS bit in a PDPTE maps a 1 GiB page whatever the
+vCPU's CPUID says about 1 GiB pages.
+"""
+from dataclasses import dataclass
+
+from .registers import CR0_PG, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+
+PAGE_SIZE = 4096
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+PTE_P = 1 << 0
+PTE_RW = 1 << 1
+PTE_US = 1 << 2
+PTE_PS = 1 << 7
+PTE_NX = 1 << 63
+# Bits 51:12 of an 8-byte entry hold the next table's (or the page's) physical address.
+_ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
+
+
+@dataclass(slots=True, frozen=True)
+class Translation:
+    """Where a linear address lands, and what every level of the walk allows."""
+
+    physical: int
+    page_size: int
+    writable: bool
+    user: bool
+    executable: bool
+
+
+def _entry(memory, gpa, size):
+    if not memory.contains(gpa, size):
+        return None
+    return int.from_bytes(memory.view(gpa, size), "little")
+
+
+def walk(memory, sregs, linear):
+    """The Translation of `linear` under the paging mode in `sregs`, or None."""
+    if not sregs.cr0 & CR0_PG:
+        return Translation(linear & 0xFFFFFFFF, PAGE_SIZE, True, True, True)
+    if not sregs.cr4 & CR4_PAE:
+        return _walk_32bit(memory, sregs, linear & 0xFFFFFFFF)
+    if not sregs.efer & EFER_LMA:
+        return _walk_pae(memory, sregs, linear & 0xFFFFFFFF)
+    return _walk_long(memory, sregs, linear)
+
+
+def translate(memory, sregs, linear):
+    """The guest-physical address of `linear`, or None when it does not translate."""
+    translation = walk(memory, sregs, linear)
+    return None if translation is None else translation.physical
+
+
+def _walk_32bit(memory, sregs, linear):
+    pde = _entry(memory, (sregs.cr3 & 0xFFFFF000) + (linear >> 22) * 4, 4)
+    if pde is None or not pde & PTE_P:
+        return None
+    if pde & PTE_PS and sregs.cr4 & CR4_PSE:
+        # PSE-36: bits 20:13 of the entry are bits 39:32 of the page's address.
+        base = (pde & 0xFFC00000) | ((pde >> 13) & 0xFF) << 32
+        return Translation(base | (linear & 0x3FFFFF), 4 << 20, bool(pde & PTE_RW), bool(pde & PTE_US), True)
+    pte = _entry(memory, (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4, 4)
+    if pte is None or not pte & PTE_P:
+        return None
+    return Translation((pte & 0xFFFFF000) | (linear & 0xFFF), PAGE_SIZE,
+                       bool(pde & pte & PTE_RW), bool(pde & pte & PTE_US), True)
+
+
+def _walk_levels(memory, table, linear, shifts, nx_enabled):
+    """Walk 8-byte entries from `table` down the levels given by their index shifts; without
+    EFER.NXE the NX bit is reserved, and a set reserved bit faults."""
+    writable = user = executable = True
+    for level, shift in enumerate(shifts):
+        entry = _entry(memory, table + ((linear >> shift) & 0x1FF) * 8, 8)
+        if entry is None or not entry & PTE_P or (entry & PTE_NX and not nx_enabled):
+            return None
+        writable &= bool(entry & PTE_RW)
+        user &= bool(entry & PTE_US)
+        executable &= not entry & PTE_NX
+        last = level == len(shifts) - 1
+        # A PS bit maps a 1 GiB or 2 MiB page (it is PAT on the last level).
+        if last or (entry & PTE_PS and shift in (30, 21)):
+            size = 1 << shift
+            base = entry & _ADDRESS_MASK & ~(size - 1)
+            return Translation(base | (linear & (size - 1)), size, writable, user, executable)
+        table = entry & _ADDRESS_MASK
+    return None
+
+
+def _walk_pae(memory, sregs, linear):
+    pdpte = _entry(memory, (sregs.cr3 & 0xFFFFFFE0) + (linear >> 30) * 8, 8)
+    if pdpte is None or not pdpte & PTE_P:
+        return None
+    return _walk_levels(memory, pdpte & _ADDRESS_MASK, linear, (21, 12), bool(sregs.efer & EFER_NXE))
+
+
+def _walk_long(memory, sregs, linear):
+    bits = 57 if sregs.cr4 & CR4_LA57 else 48
+    top = linear >> (bits - 1)
+    if top not in (0, (1 << (65 - bits)) - 1):
+        return None   # not canonical
+    shifts = (48, 39, 30, 21, 12) if bits == 57 else (39, 30, 21, 12)
+    return _walk_levels(memory, sregs.cr3 & _ADDRESS_MASK, linear, shifts, bool(sregs.efer & EFER_NXE))
