@@ -95,7 +95,7 @@ def test_each_entry_is_one_event_tracing_exactly_the_payload(run_packed, name):
         assert insns[-1]["bytes"] == "c3", f"last traced instruction: expected ret (c3), got {insns[-1]['bytes']}"
     leaves = run.of_type("leave")
     assert [(r["reason"], r["instructions"]) for r in leaves] == [
-        ("left the watched pages", PAYLOAD_INSTRUCTIONS)] * entries, leaves
+        ("branch-out", PAYLOAD_INSTRUCTIONS)] * entries, leaves
     summary = run.records[-1]
     assert summary["type"] == "summary", f"last record: expected the summary, got {summary['type']}"
     assert (summary["events"], summary["instructions"]) == (entries, entries * PAYLOAD_INSTRUCTIONS), summary
@@ -181,7 +181,7 @@ def test_instruction_callback_skip_stops_recording(run_packed):
 
 
 def test_budget_bounds_the_trace_and_the_guest_still_finishes(run_packed):
-    run = run_packed("packed_twice", page_range("packed_twice"), max_steps=100)
+    run = run_packed("packed_twice", page_range("packed_twice"), max_instructions=100)
     assert run.output == expected_output(2)
     assert [(r["instructions"], r["steps"]) for r in run.of_type("leave")] == [(100, PAYLOAD_INSTRUCTIONS)] * 2
     assert len(run.of_type("insn")) == 200
@@ -202,7 +202,7 @@ def test_hlt_inside_watched_code_halts_the_guest(machine, tmp_path):
     # mov; serial_puts over 22 characters; hlt
     assert len(insns) == 1 + 12 * 22 + 3 + 1, f"expected 269 traced instructions, got {len(insns)}"
     assert insns[-1]["bytes"] == "f4"
-    assert [r["reason"] for r in records if r["type"] == "leave"] == ["hlt"]
+    assert [r["reason"] for r in records if r["type"] == "leave"] == ["halt"]
 
 
 def test_other_internal_errors_stay_errors(machine):

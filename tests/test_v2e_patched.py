@@ -75,12 +75,12 @@ def test_emulate_exit_becomes_an_event_and_is_traced(patched_machine, tmp_path):
     assert calls[3:] == [(WATCHED, 0x1000, False)], calls
 
 
-def test_emulate_exit_without_a_valid_gva(patched_machine):
+def test_the_event_gva_is_rip_linear_address_without_a_valid_gva_in_the_exit(patched_machine):
     vm, _ = patched_machine
     seen = []
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched", on_event=seen.append):
         vm.loops[0].dispatch(crafted_emulate(0, WATCHED, 0xDEAD, WATCHED))
-    assert [(e.gpa, e.gva) for e in seen] == [(WATCHED, None)]
+    assert [(e.gpa, e.gva) for e in seen] == [(WATCHED, WATCHED)]
 
 
 def test_emulate_exit_for_an_unwatched_gpa_is_an_error(patched_machine):

@@ -57,7 +57,7 @@ def run(guest, watch, trace_path=None, on_event=None):
             counters = {}
         else:
             with V2E(machine, [(WATCHED, WATCHED + 0x1000)], backend="stock", trace_path=trace_path,
-                     max_steps=1 << 40, on_event=on_event) as engine:
+                     max_instructions=1 << 40, on_event=on_event) as engine:
                 start = time.perf_counter()
                 outcome = machine.run(timeout=600)
                 elapsed = time.perf_counter() - start

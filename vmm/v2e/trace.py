@@ -78,9 +78,14 @@ class TraceWriter:
             if len(self._pending) >= PENDING_INSN_LINES:
                 self._write_pending()
 
-    def leave(self, event, reason, rip, instructions, steps):
-        self.write({"type": "leave", "event": event.index, "reason": reason, "rip": f"{rip:#x}",
-                    "instructions": instructions, "steps": steps})
+    def leave(self, event, reason, rip, instructions, steps, detail=None):
+        """Why the event ended: branch-out, fault, interrupt, halt, budget, analysis-stop or
+        run-ended, with a detail (the exception's name, the vector) when there is one."""
+        record = {"type": "leave", "event": event.index, "reason": reason, "rip": f"{rip:#x}",
+                  "instructions": instructions, "steps": steps}
+        if detail is not None:
+            record["detail"] = detail
+        self.write(record)
 
     def flush(self):
         with self._lock:
