@@ -128,3 +128,55 @@ def test_traced_instructions_cost_the_guest_tsc_per_step_cycles(machine, tsc_per
     cycles = 20 if tsc_per_step is None else tsc_per_step
     assert watched[RDTSC_PROBE][0] == RDTSC_PROBE_STEPS * cycles, (
         f"expected {RDTSC_PROBE_STEPS} traced instructions x {cycles} cycles, the guest measured {watched[RDTSC_PROBE][0]}")
+
+
+def test_a_timer_interrupt_reaches_the_guest_handler_and_ends_the_event(machine):
+    """The in-kernel LAPIC timer fires while watched code spins waiting for it, and wakes a
+    watched sti; hlt: the guest's handler runs (and sees no TF in the RFLAGS the CPU pushed),
+    each interrupt ends the event, and the return into the watched page is a new event that
+    goes on from the instruction the interrupt came before. The traced run is slower than
+    the timer, so more ticks arrive before the loop sees one (README: what watching shows)."""
+    vm = machine(mem_size=16 << 20, machine_type="pc")
+    vm.load((GUESTS / "v2e_timer.bin").read_bytes(), mode="long")
+    path = vm_trace_path(vm)
+    with V2E(vm, [(0x102000, 0x103000)], backend="stock", trace_path=path) as engine:
+        outcome = vm.run(timeout=20)
+        engine.finish(outcome)
+    assert outcome.kind == "done", outcome
+    reports = {call.args[0]: call.args[1:] for call in vm.ucalls.reports}
+    ticks, pushed_tf, spins_left = reports[1]
+    assert ticks >= 1 and pushed_tf == 0 and spins_left > 0, f"spin probe: {reports[1]}"
+    assert reports[2][0] >= 1, f"hlt probe: {reports[2]}"
+    records = read_trace(path)
+    interrupts = [r for r in records if r["type"] == "leave" and r["reason"] == "interrupt"]
+    assert interrupts and {r.get("detail") for r in interrupts} == {"vector 0x40"}, interrupts
+    # Every instruction of the probed page that ran is in the trace, in the order it ran.
+    rips = [int(r["rip"], 16) for r in insns(records)]
+    assert rips[:3] == [0x102000, 0x102007, 0x102008], rips
+    for before, after in zip(rips, rips[1:]):
+        assert after in SPIN_PROBE_SUCCESSORS.get(before, {after}), f"{before:#x} -> {after:#x} in {rips}"
+
+
+# spin_probe: mov (0x102000), sti, 1: cmpq (0x102008), jne 2f (0x102011), dec (0x102013), jnz 1b (0x102016), 2: cli (0x102018)
+SPIN_PROBE_SUCCESSORS = {0x102000: {0x102007}, 0x102007: {0x102008}, 0x102008: {0x102011},
+                         0x102011: {0x102013, 0x102018}, 0x102013: {0x102016}, 0x102016: {0x102008, 0x102018}}
+
+
+def test_the_trap_is_re_armed_once_the_vcpu_has_run_unwatched_code_for_a_while(machine):
+    """After the watched code returns, the vCPU is stepped for REARM_AFTER_STEPS instructions
+    at most; then the trap is armed again and the loop that follows runs at full speed."""
+    from vmm.machine.stats import ExitStats
+    from vmm.v2e.stepper import REARM_AFTER_STEPS
+    import kvm_abi as abi
+    vm = machine(mem_size=16 << 20)
+    # 0x100000: call 0x200000; mov $100000, %ecx; 1: dec %ecx; jnz 1b; hlt    0x200000: ret
+    vm.load(bytes.fromhex("e8fbff0f00" "b9a0860100" "ffc9" "75fc" "f4"), mode="long")
+    vm.memory.write(0x200000, b"\xc3")
+    stats = ExitStats()
+    stats.attach(vm.loops[0])
+    with V2E(vm, [(0x200000, 0x201000)], backend="stock") as engine:
+        outcome = vm.run(timeout=20)
+        engine.finish(outcome)
+    assert outcome.kind == "halt" and engine.events == 1, (outcome, engine.events)
+    steps = stats.vcpus[0].exits[abi.KVM_EXIT_DEBUG]
+    assert steps <= REARM_AFTER_STEPS + 2, f"expected at most {REARM_AFTER_STEPS + 2} single-steps, got {steps}"

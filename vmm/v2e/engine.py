@@ -194,7 +194,7 @@ class V2E:
         return True
 
     def event_ends(self, stepper, event, rip, reason, detail):
-        """An event ended: record the leave; with no vCPU in watched code, re-arm."""
+        """An event ended: record the leave."""
         with self._lock:
             self.steps += stepper.steps
             self._traced += stepper.traced
@@ -202,6 +202,9 @@ class V2E:
             reason = "budget"
         for recorder in self._recorders:
             recorder.leave(event, reason, rip, stepper.traced, stepper.steps, detail)
+
+    def idle(self, stepper):
+        """A vCPU has run unwatched code for a while: with no vCPU in watched code, re-arm."""
         if self.machine.outcome is None:
             self._policy.stop_if_idle(stepper.vcpu)
 

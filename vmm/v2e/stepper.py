@@ -41,8 +41,10 @@ MAX_CACHED_PAGES = 1 << 12
 # branch (its direct target or the next instruction, or for ret the return address), a far
 # transfer or mode change (anything; the special registers are re-read), HLT.
 _ORDINARY, _NEAR_BRANCH, _MODE_CHANGE, _HLT = range(4)
-_MODE_CHANGERS = frozenset((0x9A, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xEA, 0xF1, 0xFF,
+_MODE_CHANGERS = frozenset((0x9A, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xEA, 0xF1,
                             0x0F00, 0x0F01, 0x0F05, 0x0F06, 0x0F07, 0x0F22, 0x0F30, 0x0F34, 0x0F35, 0x0FAA))
+# Group 5 (FF) by ModRM.reg: inc, dec, near call, far call, near jmp, far jmp, push.
+_GROUP_5 = (0, 0, 1, 2, 1, 2, 0, 2)
 _NEAR_BRANCHES = frozenset((*range(0x70, 0x80), 0xC2, 0xC3, 0xE0, 0xE1, 0xE2, 0xE3, 0xE8, 0xE9, 0xEB,
                             *range(0x0F80, 0x0F90)))
 _RETURNS = frozenset((0xC2, 0xC3))
@@ -58,6 +60,11 @@ _STACK_WORD = {16: 2, 32: 4, 64: 8}
 # and what a handler's first instruction may already have pushed).
 _FRAME_SEARCH_SLOTS = 4
 _HANDLER_ENTRY_REACH = 15   # a handler's first instruction may have run before the step ended
+# Instructions a vCPU steps outside watched code before the engine may re-arm the trap: code
+# that leaves the watched pages and soon comes back (a call out, an interrupt handler, a loop
+# calling watched code) then costs no trap, and a timer faster than a trap's round trip cannot
+# keep the guest from making progress.
+REARM_AFTER_STEPS = 1000
 
 
 def new_instruction_memo():
@@ -73,6 +80,18 @@ def _opcode_at(code, bits):
     if bits == 64 and index < len(code) and 0x40 <= code[index] <= 0x4F:
         index += 1
     return index
+
+
+def _flow(code, opcode, bits):
+    """_ORDINARY, _NEAR_BRANCH, _MODE_CHANGE or _HLT."""
+    if opcode == HLT_OPCODE:
+        return _HLT
+    if opcode == 0xFF:
+        at = _opcode_at(code, bits) + 1
+        return (_ORDINARY, _NEAR_BRANCH, _MODE_CHANGE)[_GROUP_5[(code[at] >> 3) & 7]] if at < len(code) else _MODE_CHANGE
+    if opcode in _MODE_CHANGERS:
+        return _MODE_CHANGE
+    return _NEAR_BRANCH if opcode in _NEAR_BRANCHES else _ORDINARY
 
 
 def _special(code, opcode, bits):
@@ -102,7 +121,8 @@ class Stepper:
     watched page while the stepper watches (it calls begin() to trace, or leaves it
     watching), instruction(stepper, values) for each executed instruction of an event that
     is recorded (values: the registers after it; False ends the trace), and
-    event_ends(stepper, event, rip, reason, detail) when tracing stops.
+    event_ends(stepper, event, rip, reason, detail) when tracing stops, and idle(stepper) once
+    it has stepped REARM_AFTER_STEPS instructions outside watched code.
     """
 
     def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel):
@@ -125,6 +145,8 @@ class Stepper:
         self._guest_tf = False            # the guest's own RFLAGS.TF
         self._tf_traps = False            # its TF was set when the instruction about to execute began
         self._delivering = False          # a #DB this stepper queued is being delivered
+        self._idle = 0                    # steps since the last event ended
+        self._iret_target = None          # where the last iret returned to
         self._pending_db = 0              # DR6 bits of a guest breakpoint to deliver after this step
         self._tsc_start = self._tsc_offset = None
         self._attached = False
@@ -238,7 +260,13 @@ class Stepper:
             if self._opcode in _SOFTWARE_INTERRUPTS:   # int n, int3, into, int1: a delivery
                 self._unexpected(values, completed=True)
                 return
+            returns_to = self._iret_target
             self._load_sregs(self.vcpu.get_sregs())
+            if special == _IRET and returns_to is not None and rip != returns_to:
+                # Some hosts report the step after iret one instruction late: the one at
+                # the return address ran too (or an interrupt came before it).
+                self._step_from(returns_to, values, "branch-out", None)
+                return
         bits = (DR6_BS if traps else 0) | self._pending_db
         self._pending_db = 0
         if bits and self._attached:
@@ -282,6 +310,7 @@ class Stepper:
         elif special == _IRET:
             size = self._operand_bytes()
             image = self._read_stack(before[RSP] + 2 * size, size)
+            self._iret_target = self._read_stack(before[RSP], size)
         elif special == _SYSRET:
             image = before[R11]
         else:
@@ -330,26 +359,17 @@ class Stepper:
         detail = None if vector is None else idt.vector_name(vector)
         if entry is not None and entry != values[RIP]:
             # The step ended after the handler's first instruction: it ran too.
-            self._step_into_handler(entry, values, reason, detail)
+            self._step_from(entry, values, reason, detail)
             return
         self._position(values, reason, detail)
 
-    def _step_into_handler(self, entry, values, reason, detail):
-        """Make the handler's first instruction the one that just ran, from its own page."""
-        self.values = values
-        self.rip = entry
-        linear = (self._cs_base + entry) & self._cs_mask
-        if not self._code_page(linear & PAGE_MASK):
-            self._position(values, reason, detail)
-            return
-        self._read_instruction(entry, linear)
-        if self.event is not None and not self.watched_page:
-            self.end(entry, reason, detail)
-        elif self.event is None and self.watched_page:
-            self._engine.event_starts(self)
-        if self.event is not None and not self._executed(values):
-            return
-        self._position(values, reason, detail)
+    def _step_from(self, rip, values, reason, detail):
+        """The step went on at rip (a handler's first instruction, the one an iret returned
+        to) before it ended with the registers `values`: make the instruction at rip the one
+        about to execute, then account for the step from there."""
+        self._position(values[:RIP] + (rip,) + values[RIP + 1:], reason, detail, run_rdtsc=False)
+        if self._attached:
+            self._stepped(values)
 
     def _find_frame(self, values, cs_selector, cs_base):
         """(return address, linear address of the pushed RFLAGS) of an exception or interrupt
@@ -415,7 +435,7 @@ class Stepper:
 
     # -- the instruction about to execute ------------------------------------
 
-    def _position(self, values, leave_reason="branch-out", detail=None):
+    def _position(self, values, leave_reason="branch-out", detail=None, run_rdtsc=True):
         """The vCPU is about to execute the instruction at values[RIP]: decode it, find the
         watched page it touches, start or end an event, and run rdtsc for the guest when
         tracing."""
@@ -433,11 +453,15 @@ class Stepper:
                 if self.watched_page is not None:
                     self._engine.event_starts(self)
                 if self.event is None:
+                    self._idle += 1
+                    if self._idle == REARM_AFTER_STEPS:
+                        self._engine.idle(self)
                     return
+                self._idle = 0
             elif self.watched_page is None:
                 self.end(rip, leave_reason, detail)
                 return
-            if self._special not in (_RDTSC, _RDTSCP):
+            if not run_rdtsc or self._special not in (_RDTSC, _RDTSCP):
                 return
             values = self._rdtsc(values)
             if values is None:
@@ -506,8 +530,7 @@ class Stepper:
         else:
             length, opcode = length_and_opcode
             instruction = code[:length]
-            kind = (_HLT if opcode == HLT_OPCODE else _MODE_CHANGE if opcode in _MODE_CHANGERS
-                    else _NEAR_BRANCH if opcode in _NEAR_BRANCHES else _ORDINARY)
+            kind = _flow(instruction, opcode, self._bits)
             decoded = (instruction, length, kind, insn.branches_to_itself(instruction, opcode, self._bits),
                        _special(instruction, opcode, self._bits),
                        _direct_displacement(instruction, opcode, self._bits) if kind == _NEAR_BRANCH else None,
