@@ -86,7 +86,7 @@ def main():
         rows.append(("stock cost per watched data access", (watched - plain) / args.accesses * 1e6, "us"))
 
         plain, _ = run(event_guest(args.events), watch=False)
-        skipped, counters = run(event_guest(args.events), watch=True, on_event=lambda event: Decision.SKIP)
+        skipped, counters = run(event_guest(args.events), watch=True, on_event=lambda event: Decision.UNRECORDED)
         assert counters["events"] == args.events, counters
         traced, counters = run(event_guest(args.events), watch=True, trace_path=trace_file)
         assert (counters["events"], counters["instructions"]) == (args.events, args.events), counters
@@ -100,7 +100,7 @@ def main():
         rows.append(("traced instructions/s (to a file)", instructions / traced, "insn/s"))
         unrecorded, counters = run(trace_guest(args.loop), watch=True)
         rows.append(("traced instructions/s (no file)", instructions / unrecorded, "insn/s"))
-        stepped, counters = run(trace_guest(args.loop), watch=True, on_event=lambda event: Decision.SKIP)
+        stepped, counters = run(trace_guest(args.loop), watch=True, on_event=lambda event: Decision.UNRECORDED)
         assert counters["steps"] == instructions, counters
         rows.append(("single-steps/s (skipped, not recorded)", instructions / stepped, "step/s"))
 

@@ -70,7 +70,7 @@ class V2E:
     """Watch guest-physical ranges of a machine and analyse every execution of them.
 
     on_event(event) -> Decision or None (None: TRACE); on_instruction(step) -> Decision or
-    None, where SKIP stops recording this event and STOP stops the guest. Use it as a
+    None, where UNRECORDED stops recording this event and STOP stops the guest. Use it as a
     context manager, or call finish(outcome) after Machine.run and close().
     """
 
@@ -182,7 +182,7 @@ class V2E:
                                           stepper.code, values)
             if answer is not None:
                 decision = answer
-        if stepper.traced >= self.max_instructions or decision is Decision.SKIP or decision is Decision.STOP:
+        if stepper.traced >= self.max_instructions or decision is Decision.UNRECORDED or decision is Decision.STOP:
             stepper.record = False
             for recorder in self._recorders:   # what was recorded is complete: make it visible now
                 recorder.flush()

@@ -8,9 +8,9 @@ from ..x86.registers import general_registers_as_dict
 
 class Decision(enum.Enum):
     """What the analysis wants for an event (or, from an instruction callback, from now on)."""
-    TRACE = "trace"   # record every instruction until execution leaves the watched pages
-    SKIP = "skip"     # let the watched code run unrecorded; the trap re-arms when it leaves
-    STOP = "stop"     # stop the guest now
+    TRACE = "trace"             # record every instruction until execution leaves the watched pages
+    UNRECORDED = "unrecorded"   # step it as TRACE does (the guest sees the same), record nothing
+    STOP = "stop"               # stop the guest now
 
 
 @dataclass(slots=True, repr=False)
