@@ -158,3 +158,24 @@ def test_a_full_disk_leaves_complete_dumps_or_none(tmp_path):
                 json.loads((mount / name).read_text())     # complete
     finally:
         os.system(f"umount {mount}")
+
+
+def test_each_layer_is_traced_from_its_entry_with_trace_layers(tmp_path):
+    """--trace-layers: each layer is a V2E event from its entry, its instructions all inside
+    its region, and the trace holds a record of each layer."""
+    from vmm.v2e import read_trace
+    path = tmp_path / "layers.jsonl"
+    result = run("unpack_three_long.bin", "--trace", str(path), "--trace-layers", dump_dir=tmp_path / "dumps")
+    assert result.returncode == 65, result.stderr
+    records = read_trace(path)
+    layer_records = [r for r in records if r["type"] == "layer"]
+    events = [r for r in records if r["type"] == "event"]
+    assert [(r["layer"], r["entry"]["rip"]) for r in layer_records] == [(1, "0x200000"), (2, "0x300000")]
+    assert [(e["event"], e["rip"]) for e in events] == [(1, "0x200000"), (2, "0x300000")], events
+    for event, page in ((1, 0x200000), (2, 0x300000)):
+        rips = {int(r["rip"], 16) for r in records if r["type"] == "insn" and r["event"] == event}
+        assert rips and all(page <= rip < page + PAGE for rip in rips), (event, sorted(map(hex, rips))[:5])
+    leaves = [(r["event"], r["reason"], r["rip"]) for r in records if r["type"] == "leave"]
+    assert leaves[0] == (1, "branch-out", "0x300000"), leaves
+    assert_one_line_error(run("unpack_three_long.bin", "--trace-layers", dump_dir=tmp_path / "d2"), EXIT_BAD_INPUT,
+                          "--trace-layers needs --trace")

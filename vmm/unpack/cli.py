@@ -4,6 +4,7 @@ import sys
 
 from ..errors import BadInput
 from ..v2e.watch import parse_watch
+from ..v2e import V2E
 from .engine import DEFAULT_MAX_LAYERS, Unpacker
 
 
@@ -32,6 +33,8 @@ def add_run_options(run):
     group.add_argument("--dump-dir", metavar="DIR", help="where each layer's region is dumped (needs --unpack)")
     group.add_argument("--max-layers", type=_layers, default=DEFAULT_MAX_LAYERS, metavar="N",
                        help=f"end the unpacking analysis after N layers; the guest runs on (default: {DEFAULT_MAX_LAYERS})")
+    group.add_argument("--trace-layers", action="store_true",
+                       help="trace each layer from its entry until it leaves its region (V2E), into --trace")
 
 
 def attach(machine, args, stack):
@@ -44,8 +47,16 @@ def attach(machine, args, stack):
         raise BadInput("--unpack needs --dump-dir DIR")
     if args.watch or args.watch_symbol:
         raise BadInput("--unpack and --watch track the same pages differently: use one of them")
+    if args.trace_layers and not args.trace:
+        raise BadInput("--trace-layers needs --trace PATH")
+    tracer = None
+    if args.trace:
+        tracer = V2E(machine, [], backend=None, trace_path=args.trace, max_instructions=args.max_instructions,
+                     tsc_per_step=args.tsc_per_step)
+        stack.callback(tracer.close)
     unpacker = Unpacker(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
-                        on_layer=lambda record: _layer_line(record, args.max_layers))
+                        on_layer=lambda record: _layer_line(record, args.max_layers), tracer=tracer,
+                        trace_layers=args.trace_layers)
     stack.callback(_close, unpacker)
     return unpacker
 

@@ -43,7 +43,9 @@ class Unpacker:
     tables) and report every layer. on_layer(record) sees each layer's record (a dict)."""
 
     def __init__(self, machine, dump_dir, ranges=None, backend="auto", max_layers=DEFAULT_MAX_LAYERS,
-                 on_layer=None):
+                 on_layer=None, tracer=None, trace_layers=False):
+        """tracer: a V2E engine made without a trap (backend None) whose trace gets a record of
+        each layer, and which traces each layer from its entry when trace_layers is set."""
         if max_layers < 1:
             raise BadInput(f"--max-layers must be at least 1, got {max_layers}")
         self.machine = machine
@@ -60,6 +62,8 @@ class Unpacker:
         self.backend = select_backend(backend, machine)
         self.max_layers = max_layers
         self.on_layer = on_layer
+        self.tracer = tracer
+        self.trace_layers = trace_layers
         self.layers = 0
         self.active = True
         self.writes = 0                  # guest writes that reached the VMM (first writes, unmapped pages)
@@ -125,11 +129,19 @@ class Unpacker:
         values, sregs = vcpu.register_reader(False)(), vcpu.get_sregs()
         with self._lock:
             target = self.backend.fetch_target(exit, vcpu, values[RIP], sregs, self._written)
-            if target is None:
-                interception.pass_on(exit)
-                return
-            self.backend.drain()
-            self._layer(vcpu, values, sregs, target[0])
+            if target is not None:
+                self.backend.drain()
+                record, region = self._layer(vcpu, values, sregs, target[0])
+        if target is None:
+            interception.pass_on(exit)
+            return
+        # Outside the lock: tracing pauses the other vCPUs, which may be waiting for it.
+        if self.tracer is not None:
+            self.tracer.annotate(dict(record, type="layer"))
+            if self.trace_layers and self.active:
+                self.tracer.trace_region(loop, region)
+        if self.layers >= self.max_layers and self.active:
+            self._stop_tracking()
 
     def _untrack(self, pages):
         """Leave pages out of tracking for good (the CPU uses them as paging or descriptor
@@ -183,13 +195,13 @@ class Unpacker:
         self.backend.clean(region)
         if self.on_layer:
             self.on_layer(record)
-        if self.layers >= self.max_layers:
-            self._stop_tracking()
+        return record, region
 
     def _stop_tracking(self):
         """The layer budget is spent: every tracked page is plain RAM again, the guest runs on."""
-        self.active = False
-        self.backend.stop(self.tracked)
+        with self._lock:
+            self.active = False
+            self.backend.stop(self.tracked)
 
     # -- the end -------------------------------------------------------------
 

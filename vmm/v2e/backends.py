@@ -150,6 +150,21 @@ class PatchedBackend:
         return {}
 
 
+class NoTrap:
+    """No trap at all: the caller says when to trace (V2E.trace_region)."""
+
+    name = "none"
+    exit_reason = None
+
+    def start(self):
+        pass
+
+    arm = disarm = stop = start
+
+    def counters(self):
+        return {}
+
+
 def choose_backend(name, machine):
     """'patched' or 'stock': what `name` asks for on this host ('auto': the patched kernel when
     present, else stock)."""

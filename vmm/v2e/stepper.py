@@ -188,6 +188,10 @@ class Stepper:
         self._page_view = None
         self.loop.release()
 
+    def reposition(self):
+        """Look again at the instruction about to execute (the watched pages changed)."""
+        self._position(self.vcpu.register_reader(False)())
+
     def abandon(self):
         """The run ended while stepping (no vCPU thread runs): drop the vCPU's state."""
         self._attached = False

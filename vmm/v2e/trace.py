@@ -103,6 +103,9 @@ class TraceWriter:
                     "sha256": hashlib.sha256(data).hexdigest(),
                     "encoding": "base64", "data": base64.b64encode(data).decode("ascii")})
 
+    def annotate(self, record):
+        self.write(record)
+
     def close(self, summary):
         """Write the summary as the last record and close the file (later calls do nothing)."""
         self.write(dict(summary, type="summary", version=FORMAT_VERSION))
