@@ -46,16 +46,16 @@ MAX_SLOTS = 32764   # KVM_USER_MEM_SLOTS on x86
 class GuestMemory:
     """All RAM of one VM, with bounds-checked access by guest-physical address.
 
-    Every page of RAM is MAPPED unless given another state; the memslots are runs of pages in
-    one state. Changing pages' states changes only the slots around them (KVM zaps the
-    mappings of every slot it deletes)."""
+    Every page of RAM is MAPPED unless given another state; the memslots are the runs of
+    same-state pages (kept as runs, never page by page). Changing pages' states changes only
+    the slots around them: a memslot change costs KVM an SRCU grace period, and the zap of
+    every mapping of the slot it deletes."""
 
     def __init__(self, vm):
         self._vm = vm
         self.regions = []
-        self._states = {}          # page -> READONLY or UNMAPPED (MAPPED pages are absent)
-        self._special = []         # the pages in _states, sorted
-        self._runs = []            # (start, end, state, slot number or None), sorted, covering RAM
+        self._runs = []            # [start, end, state, slot number or None], sorted, covering RAM
+        self._starts = []          # the runs' starts, for bisect
         self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
 
     # -- layout --------------------------------------------------------------
@@ -69,7 +69,8 @@ class GuestMemory:
         self.regions.append(region)
         self.regions.sort(key=lambda r: r.gpa)
         try:
-            self._replace_runs(len(self._runs_before(gpa)), 0, [(gpa, gpa + size, MAPPED)])
+            index = bisect.bisect_left(self._starts, gpa)
+            self._replace_runs(index, index, [(gpa, gpa + size, MAPPED)])
         except BaseException:
             self.regions.remove(region)
             region.close()
@@ -83,33 +84,30 @@ class GuestMemory:
                 raise GuestMemoryError(f"{page:#x} is not a page of guest RAM")
             if state not in PAGE_STATES:
                 raise GuestMemoryError(f"unknown page state {state!r}")
-        changed = sorted(page for page, state in states.items() if self.page_state(page) != state)
-        for page in changed:
+        blocks = []   # (start, end, state): consecutive pages going to the same state
+        for page in sorted(states):
             state = states[page]
-            if state == MAPPED:
-                del self._states[page]
-                del self._special[bisect.bisect_left(self._special, page)]
+            if blocks and blocks[-1][1] == page and blocks[-1][2] == state and self._same_region(blocks[-1][0], page):
+                blocks[-1][1] = page + PAGE_SIZE
             else:
-                if page not in self._states:
-                    bisect.insort(self._special, page)
-                self._states[page] = state
-        for first, last in self._affected_runs(changed):
-            start, end = self._runs[first][0], self._runs[last][1]
-            self._replace_runs(first, last + 1 - first, self._runs_of(start, end))
+                blocks.append([page, page + PAGE_SIZE, state])
+        for start, end, state in blocks:
+            self._set_range(start, end, state)
 
     def set_unmapped_pages(self, pages):
         """Make exactly these pages UNMAPPED (the others UNMAPPED before become MAPPED)."""
         pages = frozenset(pages)
-        changes = {page: MAPPED for page, state in self._states.items() if state == UNMAPPED and page not in pages}
+        changes = {page: MAPPED for page in self.unmapped_pages - pages}
         changes.update({page: UNMAPPED for page in pages})
         self.set_page_states(changes)
 
     def page_state(self, page):
-        return self._states.get(page, MAPPED)
+        return self._run_at(page)[2]
 
     @property
     def unmapped_pages(self):
-        return frozenset(page for page, state in self._states.items() if state == UNMAPPED)
+        return frozenset(page for start, end, state, _ in self._runs if state == UNMAPPED
+                         for page in range(start, end, PAGE_SIZE))
 
     @property
     def slots(self):
@@ -121,54 +119,44 @@ class GuestMemory:
         region = self.region_of(gpa, 0)
         return region.host_addr + gpa - region.gpa
 
-    def _runs_before(self, gpa):
-        return [run for run in self._runs if run[1] <= gpa]
+    def _run_at(self, gpa):
+        index = bisect.bisect_right(self._starts, gpa) - 1
+        if index < 0 or not self._runs[index][0] <= gpa < self._runs[index][1]:
+            raise GuestMemoryError(f"guest-physical address {gpa:#x} is not RAM")
+        return self._runs[index]
 
-    def _affected_runs(self, pages):
-        """(first, last) index spans of the runs holding `pages` and their neighbours in the
-        same region, merged where they touch."""
-        spans = []
-        starts = [run[0] for run in self._runs]
-        for page in pages:
-            index = bisect.bisect_right(starts, page) - 1
-            first, last = index, index
-            if first > 0 and self._runs[first - 1][1] == self._runs[first][0]:
-                first -= 1
-            if last + 1 < len(self._runs) and self._runs[last + 1][0] == self._runs[last][1]:
-                last += 1
-            if spans and first <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], last))
-            else:
-                spans.append((first, last))
-        # Later spans first: replacing runs shifts the indices after them.
-        return reversed(spans)
-
-    def _runs_of(self, start, end):
-        """The runs of same-state pages covering [start, end), from the page states."""
+    def _set_range(self, start, end, state):
+        """Put [start, end) (inside one region, page aligned) in `state`: split the runs it
+        cuts, merge it with same-state neighbours that touch it."""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_left(self._starts, end) - 1
         runs = []
-        at = start
-        index = bisect.bisect_left(self._special, start)
-        while at < end:
-            if index < len(self._special) and self._special[index] < end:
-                special = self._special[index]
-                if special > at:
-                    runs.append((at, special, MAPPED))
-                state = self._states[special]
-                if runs and runs[-1][2] == state and runs[-1][1] == special:
-                    runs[-1] = (runs[-1][0], special + PAGE_SIZE, state)
-                else:
-                    runs.append((special, special + PAGE_SIZE, state))
-                at = special + PAGE_SIZE
-                index += 1
+        if self._runs[first][0] < start:
+            runs.append((self._runs[first][0], start, self._runs[first][2]))
+        runs.append((start, end, state))
+        if self._runs[last][1] > end:
+            runs.append((end, self._runs[last][1], self._runs[last][2]))
+        if first > 0 and self._runs[first - 1][1] == runs[0][0]:
+            first -= 1
+            runs.insert(0, tuple(self._runs[first][:3]))
+        if last + 1 < len(self._runs) and self._runs[last + 1][0] == runs[-1][1]:
+            last += 1
+            runs.append(tuple(self._runs[last][:3]))
+        merged = []
+        for run in runs:
+            if merged and merged[-1][2] == run[2] and merged[-1][1] == run[0] and self._same_region(merged[-1][0], run[0]):
+                merged[-1] = (merged[-1][0], run[1], run[2])
             else:
-                runs.append((at, end, MAPPED))
-                at = end
-        return runs
+                merged.append(run)
+        self._replace_runs(first, last + 1, merged)
 
-    def _replace_runs(self, index, count, runs):
-        """Replace self._runs[index:index + count] by `runs` ((start, end, state)), deleting and
-        creating only the memslots that differ."""
-        old = self._runs[index:index + count]
+    def _same_region(self, a, b):
+        return self.region_of(a, 0) is self.region_of(b, 0)
+
+    def _replace_runs(self, first, stop, runs):
+        """Replace self._runs[first:stop] by `runs` ((start, end, state)), deleting and creating
+        only the memslots that differ."""
+        old = self._runs[first:stop]
         kept = {(start, end, state): slot for start, end, state, slot in old}
         wanted = set(runs)
         for start, end, state, slot in old:
@@ -185,7 +173,8 @@ class GuestMemory:
                 flags = abi.KVM_MEM_READONLY if state == READONLY else 0
                 self._vm.set_user_memory_region(slot, start, end - start, self._host(start), flags)
             new.append((start, end, state, slot))
-        self._runs[index:index + count] = new
+        self._runs[first:stop] = new
+        self._starts[first:stop] = [run[0] for run in new]
 
     # -- access --------------------------------------------------------------
 

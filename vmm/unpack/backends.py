@@ -108,32 +108,29 @@ class StockBackend:
         withdraw_emulation_failure_ud(vcpu)
         return gpa, linear
 
-    # Writes to written pages go to the ring; a zone covers a run of written pages. When KVM's
-    # zones run out, the writes exit one by one (the same result, slower).
+    # Writes to written pages go to the ring: each run of pages made written at once gets a
+    # zone of its own (unregistering one costs an SRCU grace period, so zones are not merged).
+    # When KVM's zones run out, writes to further pages exit one by one (slower, the same).
     def _coalesce(self, pages):
-        for page in sorted(pages):
-            if any(start <= page < end for start, end in self._zones):
-                continue
-            joined = [zone for zone in self._zones if zone[1] == page or zone[0] == page + PAGE_SIZE]
-            start = min([page] + [zone[0] for zone in joined])
-            end = max([page + PAGE_SIZE] + [zone[1] for zone in joined])
-            if not joined and len(self._zones) >= COALESCED_ZONES:
-                continue
-            for zone in joined:
-                self._vm.unregister_coalesced_mmio(zone[0], zone[1] - zone[0])
-                self._zones.remove(zone)
+        for start, end in page_ranges(pages):
+            if len(self._zones) >= COALESCED_ZONES:
+                return
             self._vm.register_coalesced_mmio(start, end - start)
             self._zones.append((start, end))
 
     def _uncoalesce(self, pages):
+        """Drop the zones over `pages` (the ring drained); the other pages of those zones get
+        zones again."""
         pages = set(pages)
+        keep = []
         for start, end in list(self._zones):
             inside = [page for page in range(start, end, PAGE_SIZE) if page in pages]
             if not inside:
                 continue
             self._vm.unregister_coalesced_mmio(start, end - start)
             self._zones.remove((start, end))
-            keep = [page for page in range(start, end, PAGE_SIZE) if page not in pages]
+            keep += [page for page in range(start, end, PAGE_SIZE) if page not in pages]
+        if keep:
             self._coalesce(keep)
 
 

@@ -32,6 +32,11 @@ from ..v2e.watch import WatchSet
 from .backends import select_backend
 
 DEFAULT_MAX_LAYERS = 64
+# A write to the page after one just written (a decompressor filling memory) hands over the
+# next pages too, twice as many each time up to this many: a memslot change costs
+# milliseconds, far more than the guest's writes. A page handed over before the guest writes
+# it keeps a copy of its contents; if they are unchanged when it runs, it was not written.
+MAX_AHEAD = 64
 
 
 class DumpError(OutputError):
@@ -67,7 +72,9 @@ class Unpacker:
         self.layers = 0
         self.active = True
         self.writes = 0                  # guest writes that reached the VMM (first writes, unmapped pages)
-        self._written = set()            # written pages
+        self._written = set()            # written pages (or handed over ahead: see _ahead)
+        self._ahead = {}                 # page handed over ahead of the guest's write -> its contents then
+        self._batch = 1
         self._written_since_layer = set()
         self._last_writer = {}           # page -> RIP of the write that last made it written
         self._dumped = {}                # sha256 -> file name: identical contents are written once
@@ -115,9 +122,29 @@ class Unpacker:
                 self._untrack({page})
             elif page not in self._written:
                 self._last_writer[page] = loop.vcpu.register_reader(False)()[RIP]
-                self._written.add(page)
-                self._written_since_layer.add(page)
-                self.backend.written({page})
+                self._hand_over(page)
+            elif page in self._ahead:
+                del self._ahead[page]          # written for real now
+                self._last_writer[page] = loop.vcpu.register_reader(False)()[RIP]
+
+    def _hand_over(self, page):
+        """The guest wrote a clean page: it is written (with the next ones, ahead, when the
+        guest writes pages one after another)."""
+        self._batch = min(2 * self._batch, MAX_AHEAD) if page - PAGE_SIZE in self._written else 1
+        pages = [page]
+        for ahead in range(page + PAGE_SIZE, page + self._batch * PAGE_SIZE, PAGE_SIZE):
+            if ahead not in self.tracked or ahead in self._written or ahead in self._system:
+                break
+            self._ahead[ahead] = self.machine.memory.read(ahead, PAGE_SIZE)
+            pages.append(ahead)
+        self._written.update(pages)
+        self._written_since_layer.update(pages)
+        self.backend.written(pages)
+
+    def _really_written(self, page):
+        """Whether a written page was written (not only handed over ahead and left as it was)."""
+        contents = self._ahead.get(page)
+        return contents is None or self.machine.memory.read(page, PAGE_SIZE) != contents
 
     # -- layers --------------------------------------------------------------
 
@@ -131,6 +158,10 @@ class Unpacker:
             target = self.backend.fetch_target(exit, vcpu, values[RIP], sregs, self._written)
             if target is not None:
                 self.backend.drain()
+                page = target[0] & PAGE_MASK
+                if not self._really_written(page):   # handed over ahead, never written: no layer
+                    self._clean({page})
+                    return
                 record, region = self._layer(vcpu, values, sregs, target[0])
         if target is None:
             interception.pass_on(exit)
@@ -143,6 +174,12 @@ class Unpacker:
         if self.layers >= self.max_layers and self.active:
             self._stop_tracking()
 
+    def _clean(self, pages):
+        self._written.difference_update(pages)
+        for page in pages:
+            self._ahead.pop(page, None)
+        self.backend.clean(pages)
+
     def _untrack(self, pages):
         """Leave pages out of tracking for good (the CPU uses them as paging or descriptor
         tables)."""
@@ -150,6 +187,8 @@ class Unpacker:
         if pages:
             self.tracked = self.tracked - pages
             self._written.difference_update(pages)
+            for page in pages:
+                self._ahead.pop(page, None)
             self._written_since_layer.difference_update(pages)
             self.backend.stop(pages)
 
@@ -159,7 +198,7 @@ class Unpacker:
         self._untrack(system)
         self.layers += 1
         page = gpa & PAGE_MASK
-        since = self._written_since_layer | {page}
+        since = {p for p in self._written_since_layer if self._really_written(p)} | {page}
         start = end = page
         while start - PAGE_SIZE in since:
             start -= PAGE_SIZE
@@ -184,15 +223,14 @@ class Unpacker:
             "regs": {name: f"{value:#x}" for name, value in general_registers_as_dict(values).items()},
             "cr3": f"{sregs.cr3:#x}",
             "region": {"gpa": f"{start:#x}", "size": end - start, "sha256": digest, "file": data_file},
-            "pages_written": [f"{p:#x}" for p in sorted(self._written_since_layer)],
+            "pages_written": [f"{p:#x}" for p in sorted(since)],
             "last_writer_rip": None if writer is None else f"{writer:#x}",
             "backend": self.backend.name,
         }
         _write_atomically(os.path.join(self.dump_dir, f"{name}.json"),
                           (json.dumps(record, indent=2) + "\n").encode())
-        self._written.difference_update(region)
         self._written_since_layer.clear()
-        self.backend.clean(region)
+        self._clean(region)
         if self.on_layer:
             self.on_layer(record)
         return record, region
