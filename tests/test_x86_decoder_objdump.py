@@ -9,8 +9,11 @@ segment) and relative branch targets. What objdump prints that is not a statemen
 instruction is handled by the explicit rules in decoder/objdump.py, each counted in the
 summary line a test prints.
 
-Sized to take about 20 s here; VMM_DECODER_FULL=1 compares all of libcrypto and ten times
-more random bytes.
+Also swept: every opcode of every map under each mandatory prefix, W, vector length and
+broadcast, with a memory and a register ModRM.
+
+Sized to take about 25 s of CPU here; VMM_DECODER_FULL=1 compares all of libcrypto, ten
+times more random bytes and the sweep in every mode.
 """
 import os
 import pathlib
@@ -19,7 +22,7 @@ import shutil
 
 import pytest
 
-from decoder.forms import assemble, generate
+from decoder.forms import assemble, generate, opcode_sweep
 from decoder.objdump import OBJDUMP, Comparison, disassemble, section_bytes
 from vmm.x86.decoder import MAX_LENGTH, decode
 
@@ -133,3 +136,18 @@ def test_generated_instruction_lengths_agree_with_the_assembler(bits, assembled)
             wrong.append(f"{address:#x} `{text}` {code.hex(' ')}: decoding stops at {position}, expected {len(code)}")
     assert len(rows) > 3000, f"expected more than 3000 assembled lines, got {len(rows)}"
     assert not wrong, f"expected every line's instructions to end at the line's end, got:\n" + "\n".join(wrong[:20])
+
+
+SWEEP_MODES = MODES if FULL else [(64, "intel")]
+
+
+@pytest.mark.parametrize("bits, vendor", SWEEP_MODES)
+def test_opcode_space_sweep_agrees_with_objdump(bits, vendor, tmp_path):
+    if shutil.which("as") is None:
+        pytest.skip("needs the GNU assembler (binutils) to label the swept encodings")
+    path, _ = assemble(opcode_sweep(bits), tmp_path, "sweep", listing=False)
+    address, data = section_bytes(path, ".text")
+    comparison = Comparison("opcode sweep", bits, vendor)
+    comparison.compare(disassemble(path, bits, vendor), lambda at: data[at - address:at - address + MAX_LENGTH])
+    _check(comparison, 100_000)
+    assert comparison.counts["sizes compared"] > 100_000, comparison.summary()

@@ -16,6 +16,10 @@ many instructions):
     label farlabel      a branch target (relative: within a rel8, and beyond one)
 Any other token is copied as it is (fixed registers such as al, dx, cl, xmm0, 1).
 Each table entry is (mnemonics, forms, modes); modes default to all three.
+
+`opcode_sweep` covers what no mnemonic list does: every opcode of every map under every
+mandatory prefix, W, vector length, broadcast and a memory and a register ModRM, as bytes,
+each under its own symbol so that objdump starts decoding afresh at each one.
 """
 import pathlib
 import re
@@ -657,14 +661,17 @@ _LISTING_FIRST = re.compile(r"^\s*(\d+) ([0-9a-f]{4,}) ([0-9A-F]+)\s*(?:\t(.*))?
 _LISTING_MORE = re.compile(r"^\s*(\d+)\s+([0-9A-F]+)\s*$")
 
 
-def assemble(source, directory, name):
+def assemble(source, directory, name, listing=True):
     """Assemble `source` with GNU as; (object path, [(address, bytes, source text)] per
-    source line that emitted bytes), from the assembler's listing."""
+    source line that emitted bytes, from the assembler's listing, or [] without it)."""
     directory = pathlib.Path(directory)
     source_path, object_path, listing_path = (directory / f"{name}{suffix}" for suffix in (".s", ".o", ".lst"))
     source_path.write_text(source)
-    subprocess.run(["as", "--64", f"-aln={listing_path}", "-o", str(object_path), str(source_path)],
-                   check=True, capture_output=True)
+    options = [f"-aln={listing_path}"] if listing else []
+    subprocess.run(["as", "--64", *options, "-o", str(object_path), str(source_path)], check=True,
+                   capture_output=True)
+    if not listing:
+        return object_path, []
     rows = {}
     for text in listing_path.read_text().splitlines():
         first = _LISTING_FIRST.match(text)
@@ -675,3 +682,42 @@ def assemble(source, directory, name):
         if more and int(more[1]) in rows:
             rows[int(more[1])][1] += bytes.fromhex(more[2])
     return object_path, [(address, bytes(code), text) for address, code, text in rows.values()]
+
+
+def _sweep_entries():
+    disp8, filler = 0x01, bytes((0x02, 0x03, 0x04, 0x05))     # disp8, then imm8/imm32 if wanted
+    for prefix in (b"", b"\x66", b"\xf3", b"\xf2"):
+        for escape in (b"\x0f", b"\x0f\x38", b"\x0f\x3a"):
+            for opcode in range(256):
+                for modrm in (0x48, 0xC1, 0x78):
+                    yield prefix + escape + bytes((opcode, modrm, disp8)) + filler[:1]
+    for opcode in range(256):
+        for modrm in (0x48, 0xC1, 0x78):
+            yield bytes((opcode, modrm, disp8)) + filler[:2]
+    for opcode_map in (1, 2, 3):                                # VEX3: W, L, pp
+        for payload in range(0x78, 0x80):
+            for w in (0, 0x80):
+                for opcode in range(256):
+                    for modrm in (0x48, 0xC1):
+                        yield bytes((0xC4, 0xE0 | opcode_map, w | payload, opcode, modrm, disp8)) + filler[:1]
+    for opcode_map in (1, 2, 3, 5, 6):                          # EVEX: pp, W, vector length, broadcast
+        for pp in range(4):
+            for w in (0, 0x80):
+                for options in (0x48, 0x58, 0x08, 0x28, 0x18):
+                    for opcode in range(256):
+                        for modrm in ((0x48, 0xC1) if options in (0x48, 0x18) else (0x48,)):
+                            yield bytes((0x62, 0xF0 | opcode_map, w | 0x7C | pp, options, opcode, modrm,
+                                         disp8)) + filler[:1]
+    for opcode_map in (8, 9, 10):                               # XOP: W, L
+        for payload in (0x78, 0x7C, 0xF8, 0xFC):
+            for opcode in range(256):
+                for modrm in (0x48, 0xC1):
+                    yield bytes((0x8F, 0xE0 | opcode_map, payload, opcode, modrm, disp8)) + filler
+
+
+def opcode_sweep(bits):
+    """Assembler text: each swept encoding as .byte data under its own label."""
+    lines = [f".code{bits}"]
+    for number, code in enumerate(_sweep_entries()):
+        lines.append(f"sweep{number}: .byte {','.join(str(byte) for byte in code)}")
+    return "\n".join(lines) + "\n"

@@ -11,8 +11,9 @@ says what is compared instead (each rule is counted, so a report shows how often
 - `.byte`: objdump ran into the end of its input, --stop-address or the next symbol
   inside an instruction. Not compared (nor are bytes the decoder needs past the input).
 - prefixes that belong to the next instruction: objdump prints a REX that a legacy prefix
-  follows (`rex.W`, `ss rex.XB`) on its own line, with the prefixes before it; the CPU
-  ignores that REX and runs everything as prefixes of the next instruction. So the
+  follows (`rex.W`, `ss rex.XB`) on its own line, with the prefixes before it, and a
+  prefix it does not apply (`data16` before 3DNow!); the CPU runs them as prefixes of the
+  next instruction (ignoring such a REX). So the
   decoder's length at the line's start must cover the next line too (objdump shows the
   next line's segment without those prefixes: not compared). If those prefixes
   hold a 66, 67, F2 or F3, objdump decodes the next line without them although they can
@@ -28,8 +29,13 @@ says what is compared instead (each rule is counted, so a report shows how often
   Its length is still compared.
 - EVEX.b with a memory operand of an instruction that has no broadcast (#UD): objdump
   prints a BCST operand; the decoder says unknown. The length is still compared.
-- EVEX 0F3A 70 and 72 (vpshldw, vpshrdw) with a pp other than 66 (#UD): binutils 2.40
-  ignores pp for these two; the decoder says unknown. The length is still compared.
+- EVEX with the W an instruction does not take (its element type fixes it: vaddps is W0
+  only): #UD, the decoder says unknown, and knows the same bytes with W flipped; binutils
+  decodes it with a broadcast element from W. The length is still compared.
+- encodings the CPU rejects (#UD) that binutils 2.40 decodes, listed in ACCEPTED_UD by
+  opcode with the reason (EVEX pp ignored for a few opcodes, memory forms of
+  register-only instructions...): where the decoder says unknown for one of those
+  opcodes, the length is compared, not the operands.
 - memory operand sizes: objdump prints a keyword for forms that access no memory or an
   amount the encoding does not fix (`nop DWORD PTR`, `prefetcht0 BYTE PTR`, `ud1`...);
   the decoder reports None for them by design (NO_ACCESS lists those mnemonics).
@@ -88,6 +94,19 @@ UNPRINTED_SIZES = {
     **{name: {32: 64, 64: 64} for name in ("aesenc256kl", "aesdec256kl", "aesencwide256kl", "aesdecwide256kl",
                                           "movdir64b", "enqcmd", "enqcmds", "ldtilecfg", "sttilecfg")},
     **{name: {32: 4, 64: 4} for name in ("wrssd", "wrussd")},
+}
+# Encodings binutils 2.40 decodes that the CPU rejects, by (encoding, the decoder's opcode).
+ACCEPTED_UD = {
+    ("evex", 0x24E): "vrsqrt14ps/pd: binutils ignores pp (66 only)",
+    ("evex", 0x342): "vdbpsadbw: binutils ignores pp (66 only)",
+    ("evex", 0x370): "vpshldw: binutils ignores pp (66 only)",
+    ("evex", 0x372): "vpshrdw: binutils ignores pp (66 only)",
+    ("evex", 0x229): "vpmovb2m/vpmovw2m: register only, binutils accepts memory",
+    ("evex", 0x239): "vpmovd2m/vpmovq2m: register only, binutils accepts memory",
+    ("evex", 0x22A): "vmovntdqa: memory only, binutils accepts a register",
+    ("evex", 0x1E7): "vmovntdq: memory only, binutils accepts a register",
+    ("vex", 0x177): "vzeroupper/vzeroall: binutils ignores pp (NP only)",
+    ("vex", 0x249): "ldtilecfg/sttilecfg: binutils ignores ModRM.reg (/0 only)",
 }
 _REGISTER_BYTES = {"al": 1, "ax": 2, "eax": 4, "rax": 8}
 _FAR_POINTER_LOADS = frozenset(("jmp", "call", "lfs", "lgs", "lss"))
@@ -170,9 +189,9 @@ def _operands_text(text):
     return ""
 
 
-def _is_lone_rex(line):
+def _is_prefix_line(line, bits):
     tokens = _tokens(line.text)
-    return (bool(tokens) and tokens[-1].startswith("rex") and 0x9B not in line.raw
+    return (bool(tokens) and _all_prefixes(line.raw, bits)
             and all(token in _PREFIXES or token.startswith("rex") for token in tokens))
 
 
@@ -192,6 +211,8 @@ class ShownOperand:
 def memory_operands(text):
     """The memory operands objdump prints in an Intel-syntax line."""
     operands = []
+    if "[" not in text and "s:0x" not in text:
+        return operands
     for match in _MEMORY.finditer(_operands_text(text)):
         keyword, kind, segment, body = match.groups()
         operand = ShownOperand(_KEYWORD_SIZES.get(keyword), kind == "BCST", segment)
@@ -252,7 +273,7 @@ class Comparison:
                 continue
             start = line.address - len(carry)
             raw = carry + line.raw
-            fwait = _fwait_end(raw, self.bits)
+            fwait = _fwait_end(raw, self.bits) if 0x9B in raw else None
             if fwait is not None:
                 # The CPU: [prefixes] 9B is FWAIT; what follows on objdump's line is either more
                 # prefixes (for the next instruction) or the x87 instruction objdump merged in.
@@ -265,8 +286,8 @@ class Comparison:
                     self._one(start + fwait, rest, line.text, memory, segment_shown=fwait == 1)
                     carry = b""
                 continue
-            if _is_lone_rex(line):
-                self.count("REX line carried to the next instruction")
+            if _is_prefix(raw[-1], self.bits) and _is_prefix_line(line, self.bits):
+                self.count("prefix line carried to the next instruction")
                 carry = raw
                 continue
             if carry and any(byte in carry for byte in _DROPPED):
@@ -322,8 +343,11 @@ class Comparison:
             if "BCST" in text:
                 self.count("skipped operands: broadcast without one (#UD)")
                 return
-            if insn.encoding.value == "evex" and insn.opcode in (0x370, 0x372):
-                self.count("skipped operands: vpshldw/vpshrdw without 66 (#UD)")
+            if (insn.encoding.value, insn.opcode) in ACCEPTED_UD:
+                self.count("skipped operands: objdump accepts a #UD encoding")
+                return
+            if insn.encoding.value == "evex" and _known_with_other_w(self._code_at(start), self.bits, self.vendor):
+                self.count("skipped operands: EVEX.W the instruction does not take (#UD)")
                 return
         if memory:
             self._memory(line, insn, segment_shown)
@@ -400,6 +424,15 @@ class Comparison:
         target = insn.branch_target(line.address)
         if (target - int(match[2], 16)) & ((1 << insn.operand_bits) - 1):
             self.disagree(line, f"branch target {target:#x}, objdump {match[2]}")
+
+
+def _known_with_other_w(code, bits, vendor):
+    """Whether the EVEX instruction at the start of `code` is known with EVEX.W flipped."""
+    at = next(position for position, byte in enumerate(code) if byte == 0x62)
+    flipped = bytearray(code)
+    flipped[at + 2] ^= 0x80
+    insn = decode(bytes(flipped), bits, vendor)
+    return insn is not None and insn.known
 
 
 def _is_prefix(byte, bits):

@@ -33,6 +33,7 @@ Choices worth knowing (they are the documented contract of `MemoryOperand`):
 - In 64-bit mode only FS and GS overrides count (the last of them); the others are
   ignored, as the CPU ignores them.
 """
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -190,7 +191,7 @@ def linear_address(operand, regs, next_rip, segment_base):
 #   env fsave (x87 environment / state: 14/28, 94/108), bnd (bound pair: 8 or 16),
 #   0 (no access), n (an access whose size the encoding does not fix)
 #   prefix of a memory-capable operand: = written, + read and written, none: read.
-# flags: i64 / o64 invalid / only in 64-bit mode; d64 default 64-bit operand in 64-bit
+# flags (b4 b8 b2 also fix EVEX.W: W0, W1, W0; the other W is #UD): i64 / o64 invalid / only in 64-bit mode; d64 default 64-bit operand in 64-bit
 #   mode; f64 near branch operand size (Intel: always 64 in 64-bit mode; AMD: as d64);
 #   w64 operand size 64 in 64-bit mode, 32 elsewhere, whatever the prefixes;
 #   flow: jmp (near branch), far, fault (always raises an exception), hlt; ud: the form
@@ -863,7 +864,7 @@ NP.0F C6 | LVE | shufps V,Wx,Ib | b4
 NP.0F C7 /6 m | L | vmptrld Mq
 66.0F C7 /6 m | L | vmclear Mq
 F3.0F C7 /6 m | L | vmxon Mq | far
-NP.0F C7 /7 m | L | vmptrst =Mq
+0F C7 /7 m | L | vmptrst =Mq
 F3.0F C7 /6 r | L | senduipi Rq | o64
 F3.0F C7 /7 r | L | rdpid Ry | w64
 0F C7 /6 r | L | rdrand Rv
@@ -1057,9 +1058,9 @@ F3.0F38.W0 4B m | V | tilestored =Mn,T
 66.0F38 4E | E | vrsqrt14 V,Wx | bw
 66.0F38 4F | E | vrsqrt14s V,H,We
 66.0F38 50-53 | VE | vpdpbusd V,H,Wx | b4
-NP.0F38 50-51 | V | vpdpbuud V,H,Wx
-F3.0F38 50-51 | V | vpdpbsud V,H,Wx
-F2.0F38 50-51 | V | vpdpbssd V,H,Wx
+NP.0F38 50-51 | VE | vpdpbuud V,H,Wx | b4
+F3.0F38 50-51 | VE | vpdpbsud V,H,Wx | b4
+F2.0F38 50-51 | VE | vpdpbssd V,H,Wx | b4
 F2.0F38 52-53 | E | vp4dpwssd V,H,Mo
 F3.0F38 52 | E | vdpbf16ps V,H,Wx | b4
 66.0F38 54 | E | vpopcntb V,Wx
@@ -1431,6 +1432,8 @@ _FLAGS = frozenset(("i64", "o64", "d64", "f64", "w64", "jmp", "far", "fault", "h
                     "clzero", "monitor", "dest64", "popm", "bitoff", "ctrl", "vsib", "b4", "b8", "b2", "bw",
                     "n=e", "n=bw"))
 _BROADCAST = {"b4": 4, "b8": 8, "b2": 2, "bw": "w"}
+_IMPLICIT_FLAGS = frozenset(("push", "pop", "callf", "retf", "iret", "enter", "leave", "pusha", "popa", "xlat",
+                             "maskmov8", "maskmov16", "clzero", "monitor", "dest64"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -1450,6 +1453,7 @@ class _Form:
     strings: tuple[tuple[str, str, str], ...]   # ("X" or "Y", size code, access)
     flags: frozenset
     broadcast: int | str | None
+    implicit: bool = False       # whether the form has implicit memory operands
 
     @property
     def specificity(self):
@@ -1526,18 +1530,13 @@ def _parse_line(line):
         mod = None                               # the CPU ignores ModRM.mod: always a register
     broadcast = next((_BROADCAST[flag] for flag in flags if flag in _BROADCAST), None)
     form = _Form(name, pp, w, reg, mod, modrm_byte, has_modrm, tuple(immediates), relative, rm, moffs,
-                 tuple(strings), flags, broadcast)
+                 tuple(strings), flags, broadcast, bool(strings or flags & _IMPLICIT_FLAGS))
     for letter in encodings:
         encoding = _ENCODING_LETTERS[letter]
         for opcode in opcodes:
             # VEX, EVEX and XOP always encode pp: no pp means none.
             yield (encoding, opcode_map, opcode), (form if pp or encoding is Encoding.LEGACY
-                                                   else _replace_pp(form, "NP"))
-
-
-def _replace_pp(form, pp):
-    fields = {name: getattr(form, name) for name in _Form.__dataclass_fields__}
-    return _Form(**{**fields, "pp": pp})
+                                                   else dataclasses.replace(form, pp="NP"))
 
 
 def _build_table(*texts):
@@ -1632,7 +1631,7 @@ def _decode(code, bits, amd, stack_bits):
     # Opcode, and the VEX / EVEX / XOP payloads.
     w = bool(rex & 8)
     rex_r, rex_x, rex_b = rex >> 2 & 1, rex >> 1 & 1, rex & 1
-    vector_bytes, evex_broadcast, vsib_high = 16, False, 0
+    vector_bytes, evex_broadcast, evex_length, vsib_high = 16, False, 0, 0
     known = True
     byte = code[pos]
     pos += 1
@@ -1661,9 +1660,9 @@ def _decode(code, bits, amd, stack_bits):
             w = bool(payload & 0x80)
             evex_broadcast = bool(options & 0x10)
             vsib_high = (~options >> 3) & 1
-            length_code = (options >> 5) & 3
-            vector_bytes = 16 << length_code if length_code < 3 else 64
-            known = known and first & 0x08 == 0 and payload & 0x04 and (length_code < 3 or evex_broadcast)
+            evex_length = (options >> 5) & 3     # 3 is reserved, but for rounding control (below)
+            vector_bytes = 16 << min(evex_length, 2)
+            known = known and not first & 0x08 and bool(payload & 0x04)      # fixed bits of P0, P1
             pos += 3
         else:
             encoding = Encoding.VEX if byte == 0xC4 else Encoding.XOP
@@ -1710,6 +1709,8 @@ def _decode(code, bits, amd, stack_bits):
     flags = form.flags
     if "ud" in flags:
         known = False
+    if encoding is Encoding.EVEX and form.broadcast in (2, 4, 8) and w != (form.broadcast == 8):
+        known = False                            # the element type fixes EVEX.W: W0 ps/ph/d, W1 pd/q
 
     if encoding is Encoding.LEGACY:
         operand_bits = _operand_bits(bits, flags, operand_prefix and form.pp != "66", w, amd)
@@ -1724,6 +1725,10 @@ def _decode(code, bits, amd, stack_bits):
         modrm = code[pos]
         pos += 1
         mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
+        if evex_length == 3 and not (mod == 3 and evex_broadcast):
+            known = False                        # the reserved vector length
+        if "vsib" in flags and (mod == 3 or rm != 4 or address_bits == 16):
+            known = False                        # VSIB needs a SIB byte
         if mod != 3 and "ctrl" not in flags:
             pos, operand, disp8 = _modrm_memory(code, pos, mod, rm, address_bits, bits, rex_x, rex_b,
                                                 override, "vsib" in flags, vsib_high)
@@ -1759,7 +1764,7 @@ def _decode(code, bits, amd, stack_bits):
     if form is _3DNOW_FORM:
         suffix = code[pos - 1]
         reported |= suffix
-        known = suffix in _3DNOW
+        known = known and suffix in _3DNOW
     if pos > MAX_LENGTH:
         return None
     code[pos - 1]                                # the whole instruction must be inside `code`
@@ -1768,8 +1773,9 @@ def _decode(code, bits, amd, stack_bits):
         memory = []
         flow = Flow.FAR_OR_MODE_CHANGE
     else:
-        memory += _implicit_operands(flags, form, code, immediates_at, reg, rex_r, override, operand_bits,
-                                     address_bits, stack_bits, bits)
+        if form.implicit:
+            memory += _implicit_operands(flags, form, code, immediates_at, reg, rex_r, override, operand_bits,
+                                         address_bits, stack_bits, bits)
         flow = (Flow.FAR_OR_MODE_CHANGE if "far" in flags or "fault" in flags else Flow.NEAR_BRANCH
                 if "jmp" in flags else Flow.HLT if "hlt" in flags else Flow.ORDINARY)
     self_branch = relative is not None and (pos + relative) & ((1 << operand_bits) - 1) == 0
@@ -1779,7 +1785,7 @@ def _decode(code, bits, amd, stack_bits):
 
 
 def _match(candidates, code, pos, w, bits):
-    modrm = code[pos] if candidates[0].has_modrm or any(form.has_modrm for form in candidates) else None
+    modrm = code[pos] if any(form.has_modrm for form in candidates) else None
     for form in candidates:
         flags = form.flags
         if ("i64" in flags and bits == 64) or ("o64" in flags and bits != 64):
@@ -1851,17 +1857,13 @@ def _modrm_memory(code, pos, mod, rm, address_bits, bits, rex_x, rex_b, override
         else:
             base = _GPR[rm | rex_b << 3]
     displacement = int.from_bytes(code[pos:pos + displacement_bytes], "little", signed=True)
-    if len(code) < pos + displacement_bytes:
-        raise IndexError("displacement past the end of the code")
-    pos += displacement_bytes
+    pos += displacement_bytes                    # past the end of `code`: the caller's check says None
     if override:
         segment = override
     elif base in (RSP, RBP) and not rip_relative:
         segment = "ss"
     else:
         segment = "ds"
-    if index is not None and not vsib and index == RSP:
-        raise AssertionError("rsp is never an index")
     return pos, {"segment": segment, "base": base, "index": index, "scale": scale,
                  "displacement": displacement, "rip_relative": rip_relative, "vsib": vsib}, displacement_bytes == 1
 
