@@ -196,6 +196,8 @@ def test_bad_arguments_are_errors():
         decode(b"\x90", 8)
     with pytest.raises(ValueError):
         decode(b"\x90", 64, "via")
+    with pytest.raises(ValueError):
+        decode(b"\x90", 64, "intel", 8)
 
 
 # -- prefixes, sizes and known-ness --------------------------------------------------------
@@ -290,7 +292,8 @@ def test_branch_target_wraps_at_the_operand_size():
     decoded = insn("eb80", 16)                      # jmp -128 from ip 0x10
     assert decoded.branch_target(0x10) == 0xFF92, f"expected 0xff92, got {decoded.branch_target(0x10):#x}"
     decoded = insn("e8 00100000")
-    assert decoded.branch_target(0x7FFF_FFFF_F000) == 0x8000_0000_0005, f"got {decoded.branch_target(0x7FFFFFFFF000):#x}"
+    target = decoded.branch_target(0x7FFF_FFFF_F000)
+    assert target == 0x8000_0000_0005, f"expected 0x800000000005, got {target:#x}"
     assert insn("90").branch_target(0) is None, "expected no target for nop"
 
 
@@ -348,12 +351,18 @@ _FIELDS = ("segment", "base", "index", "scale", "displacement", "rip_relative", 
     ("62f27d488a4001", 64, ("ds", RAX, None, 1, 4, False, 64, 64, "w")),       # vcompressps store
     ("62f27d08214001", 64, ("ds", RAX, None, 1, 4, False, 64, 4, "r")),        # vpmovsxbd xmm: m32
     ("62f27e48324001", 64, ("ds", RAX, None, 1, 8, False, 64, 8, "w")),        # vpmovqb zmm -> m64
+    ("a1f0debc9a78563412", 64, ("ds", None, None, 1, 0x123456789ABCDEF0, False, 64, 4, "r")),  # moffs64: unsigned
+    ("6548a31000000000000000", 64, ("gs", None, None, 1, 0x10, False, 64, 8, "w")),
+    ("67a0f0ffffff", 64, ("ds", None, None, 1, 0xFFFFFFF0, False, 32, 1, "r")),  # moffs32 with 67
+    ("66a33412", 16, ("ds", None, None, 1, 0x1234, False, 16, 4, "w")),
+    ("2ea0 3412", 16, ("cs", None, None, 1, 0x1234, False, 16, 1, "r")),
 ])
 def test_explicit_memory_operand(hex_bytes, bits, expected):
     decoded = insn(hex_bytes, bits)
     assert len(decoded.memory) == 1, f"expected one memory operand for {hex_bytes}, got {decoded.memory}"
     got = fields(decoded.memory[0], *_FIELDS)
-    assert got == expected, f"expected {hex_bytes} ({bits}-bit) {dict(zip(_FIELDS, expected))}, got {dict(zip(_FIELDS, got))}"
+    assert got == expected, (f"expected {hex_bytes} ({bits}-bit) {dict(zip(_FIELDS, expected))}, "
+                             f"got {dict(zip(_FIELDS, got))}")
 
 
 @pytest.mark.parametrize("hex_bytes, intel, amd", [

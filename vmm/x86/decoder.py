@@ -16,11 +16,15 @@ Choices worth knowing (they are the documented contract of `MemoryOperand`):
 - `size` is the number of bytes one execution accesses through the operand, or None when
   it accesses none (lea, nop and hint forms, prefetch*, clflush/clflushopt/clwb/cldemote,
   invlpg, MPX address checks, monitor) or when the amount is not fixed by the encoding
-  (xsave/xrstor family, AMX tile loads, xsave); `access` is None exactly when nothing is
-  accessed. Broadcast (EVEX.b) operands report the element; gathers and scatters report
-  one element (their addresses need the vector index, see `MemoryOperand.vsib`); expand
-  and compress the whole vector (the mask decides how much of it is used, as it does for
-  any masked access); `rep` string instructions one iteration.
+  (the xsave/xrstor family, AMX tile loads and stores); `access` is None exactly when
+  nothing is accessed. Broadcast (EVEX.b) operands report the element; gathers and
+  scatters report one element (their addresses need the vector index, see
+  `MemoryOperand.vsib`); expand and compress the whole vector (the mask decides how much
+  of it is used, as it does for any masked access); `rep` string instructions one
+  iteration; clzero the 64 bytes at rAX (the CPU clears the aligned line holding it).
+- The address is the one the CPU computes: pop to an rSP-based address uses rSP after the
+  pop (the displacement includes the slot); bt/bts/btr/btc with a register bit offset
+  address the word the offset selects (`bit_offset`); xlat adds AL (`index_bits`).
 - Implicit operands (`implicit=True`): string instructions' DS:rSI / ES:rDI, xlat, the
   stack slots of push/pop/call/ret/enter/leave/pusha/popa/pushf/popf/iret and far
   call/ret, maskmovq/maskmovdqu, movdir64b/enqcmd's destination, clzero's line and
@@ -32,10 +36,14 @@ Choices worth knowing (they are the documented contract of `MemoryOperand`):
   prefix (64-bit operand, rel32), AMD honours it (16-bit operand, rel16).
 - In 64-bit mode only FS and GS overrides count (the last of them); the others are
   ignored, as the CPU ignores them.
+- `known` checks the opcode under its mandatory prefix, the mode, ModRM forms, EVEX's
+  fixed bits, a W that selects the instruction or that its element type fixes, and VSIB's
+  SIB; not every vector-length restriction: a few #UD encodings (a 256-bit form of a
+  128-bit-only instruction, say) decode as known, and the CPU's #UD then shows up to the
+  tracer as RIP not moving on.
 """
-import dataclasses
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_LENGTH = 15
 # struct kvm_regs order: registers in operands are indexes into a tuple of these values.
@@ -52,7 +60,14 @@ _VENDORS = ("intel", "amd")
 
 
 class Flow(enum.Enum):
-    """What the tracer must do after the instruction executes."""
+    """What the tracer must do after the instruction executes.
+
+    FAR_OR_MODE_CHANGE: far jmp/call/ret, int/int3/into/int1, iret, syscall/sysret/
+    sysenter/sysexit, loads of segment registers (mov/pop to one, lds/les/lfs/lgs/lss),
+    wrfsbase/wrgsbase/swapgs, mov to CR or DR, clts, lmsw, lgdt/lidt/lldt/ltr, wrmsr,
+    invlpg/invpcid/invlpga/invlpgb/tlbsync, rsm, VMX/SVM world switches (vmcall, vmrun,
+    vmlaunch, vmload...), SGX/TXT entries, ud0/ud1/ud2, and anything undecodable.
+    """
     ORDINARY = "ordinary"                        # nothing: RIP moves to the next instruction
     NEAR_BRANCH = "near_branch"                  # RIP may move anywhere in the same code segment
     FAR_OR_MODE_CHANGE = "far_or_mode_change"    # CS, mode, control/segment/descriptor/debug state or
@@ -185,23 +200,25 @@ def linear_address(operand, regs, next_rip, segment_base):
 #   I  immediate     J  relative branch     O  moffs     X Y  DS:rSI / ES:rDI     A  far ptr16:16/32
 #   L  register in imm8[7:4]   lower case: a fixed register or constant (no encoding effect)
 #   size after the letter: b w d q t(10) o(16) qq(32) zz(64) 48 512, v (operand size),
-#   z (16 or 32), y (32 or 64), sxd (movsxd's source: z on Intel, 32 on AMD), p (far pointer), s (6 or 10: descriptor table),
-#   a (two operand-size items: bound), x h qr oc (the vector, half, quarter, eighth of it),
-#   dup (m64 for 128-bit vectors, else the vector), e (scalar element, 4 << W),
-#   env fsave (x87 environment / state: 14/28, 94/108), bnd (bound pair: 8 or 16),
-#   0 (no access), n (an access whose size the encoding does not fix)
-#   prefix of a memory-capable operand: = written, + read and written, none: read.
-# flags (b4 b8 b2 also fix EVEX.W: W0, W1, W0; the other W is #UD): i64 / o64 invalid / only in 64-bit mode; d64 default 64-bit operand in 64-bit
+#   z (16 or 32), y (32 or 64), sxd (movsxd's source: z on Intel, 32 on AMD),
+#   p (far pointer), s (6 or 10: descriptor table), a (two operand-size items: bound),
+#   x h qr oc (the vector, half, quarter, eighth of it), dup (m64 for 128-bit vectors,
+#   else the vector), e (scalar element, 4 << W), env fsave (x87 environment and state:
+#   14/28, 94/108), bnd (bound pair: 8 or 16), 0 (no access), n (an access whose size the
+#   encoding does not fix); prefix of a memory-capable operand: = written, + read and
+#   written, none: read.
+# flags: i64 / o64 invalid / only in 64-bit mode; d64 default 64-bit operand in 64-bit
 #   mode; f64 near branch operand size (Intel: always 64 in 64-bit mode; AMD: as d64);
 #   w64 operand size 64 in 64-bit mode, 32 elsewhere, whatever the prefixes;
 #   flow: jmp (near branch), far, fault (always raises an exception), hlt; ud: the form
 #   of another vendor's instruction (VIA PadLock): #UD on Intel and AMD, so not known;
 #   stack and other implicit operands: push pop callf retf iret enter leave pusha popa
-#   xlat maskmov8 maskmov16 clzero monitor dest64 (ES:[ModRM.reg], 64 bytes); popm (pop to memory:
-#   the address uses rSP after the pop); bitoff (bit string offset in ModRM.reg);
-#   ctrl (ModRM always a register: mov to/from CR, DR); vsib; b4 b8 b2 bw (EVEX
-#   broadcast of 4, 8, 2 or 4 << W bytes); n=e n=bw (EVEX disp8 scale: the element,
-#   4 << W or 1 << W, whatever the operand size).
+#   xlat maskmov8 maskmov16 clzero monitor dest64 (ES:[ModRM.reg], 64 bytes);
+#   popm (pop to memory: the address uses rSP after the pop); bitoff (bit string offset
+#   in ModRM.reg); ctrl (ModRM always a register: mov to/from CR, DR); vsib;
+#   b4 b8 b2 bw (EVEX broadcast of 4, 8, 2 or 4 << W bytes; b4 b8 b2 also fix EVEX.W:
+#   W0, W1, W0, the other W is #UD); n=e n=bw (EVEX disp8 scale: the element, 4 << W or
+#   1 << W, whatever the operand size).
 
 def _alu_rows():
     rows = []
@@ -1536,7 +1553,7 @@ def _parse_line(line):
         for opcode in opcodes:
             # VEX, EVEX and XOP always encode pp: no pp means none.
             yield (encoding, opcode_map, opcode), (form if pp or encoding is Encoding.LEGACY
-                                                   else dataclasses.replace(form, pp="NP"))
+                                                   else replace(form, pp="NP"))
 
 
 def _build_table(*texts):
