@@ -1,5 +1,6 @@
 """A machine: one VM with its RAM, devices, vCPUs and run loops."""
 import contextlib
+import functools
 import threading
 import time
 
@@ -117,6 +118,11 @@ class Machine:
                 self.outcome = outcome
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    @functools.cached_property
+    def cpu_vendor(self):
+        """'intel' or 'amd': the vCPUs' instruction set, as KVM's CPUID has it."""
+        return cpuid.vendor(self.kvm.supported_cpuid())
 
     def pause(self, exempt=None):
         """Park every vCPU (but the one with id `exempt`, when a vCPU thread asks for the others)

@@ -21,7 +21,7 @@ from ..machine.memory import MAPPED, READONLY, UNMAPPED
 from ..v2e.backends import choose_backend, fetch_address, withdraw_emulation_failure_ud
 from ..v2e.watch import page_ranges
 from ..x86 import paging
-from ..x86.insn import MAX_LENGTH
+from ..x86.decoder import MAX_LENGTH
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 
 # KVM's limit of coalesced MMIO zones per VM (KVM_COALESCED_MMIO_ZONE_MAX in virt/kvm).

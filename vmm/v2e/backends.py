@@ -8,7 +8,7 @@ import kvm_abi as abi
 
 from ..errors import EXIT_NO_KVM, VmmError
 from ..x86 import paging
-from ..x86.insn import MAX_LENGTH
+from ..x86.decoder import MAX_LENGTH
 from ..x86.mode import linear_rip
 
 BACKENDS = ("auto", "patched", "stock")

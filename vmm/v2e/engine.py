@@ -126,7 +126,7 @@ class V2E:
 
     def _new_stepper(self, loop):
         return Stepper(self, loop, self.machine.memory, self.watch.pages, self._memo, self._sync_regs,
-                       self.tsc_per_step, self.machine.machine_type == "pc")
+                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor)
 
     @property
     def instructions(self):

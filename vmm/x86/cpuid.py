@@ -2,6 +2,17 @@
 VM's CPU count filled in, and optionally without any sign of a hypervisor."""
 
 CPUID_HYPERVISOR = 1 << 31            # leaf 1 ECX: running under a hypervisor
+_AMD_VENDORS = (b"AuthenticAMD", b"HygonGenuine")
+
+
+def vendor(supported):
+    """'amd' or 'intel': whose instruction set the vCPUs decode (CPUID leaf 0; vendors other
+    than AMD and Hygon decode as Intel does)."""
+    for entry in supported:
+        if entry["function"] == 0:
+            name = b"".join(entry[register].to_bytes(4, "little") for register in ("ebx", "edx", "ecx"))
+            return "amd" if name in _AMD_VENDORS else "intel"
+    return "intel"
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 
 
