@@ -195,7 +195,7 @@ SMP_CPUS, SMP_CALLS, SMP_INSTRUCTIONS = 2, 25, 9
 
 
 def smp(expect):
-    """The pause of the other vCPUs while one traces, with this module's backend."""
+    """Every vCPU calls the watched code at once, with this module's backend."""
     backend = "patched" if expect == "patched" else "stock"
     base = ["run", SMP_IMAGE, "--smp", str(SMP_CPUS), "--timeout", "120"]
     p_status, p_out, _ = vmm(*base)
@@ -216,8 +216,15 @@ def smp(expect):
                         + err.strip().replace("\n", " | ")[-200:])
     if per_vcpu != [(v, SMP_CALLS) for v in range(SMP_CPUS)]:
         problems.append(f"events per vCPU {per_vcpu}, wanted {SMP_CALLS} each")
-    elif [r.get("type") for r in records] != one_event * (SMP_CPUS * SMP_CALLS) + ["summary"]:
-        problems.append("the events' records are not one complete event after the other")
+    else:
+        # Every vCPU single-steps while the trap is disarmed, so events of different vCPUs may
+        # interleave: each event's own records must be complete and in order.
+        by_event = {}
+        for record in records[:-1]:
+            by_event.setdefault(record.get("event"), []).append(record.get("type"))
+        incomplete = [index for index, types in by_event.items() if types != one_event]
+        if incomplete or records[-1:] and records[-1].get("type") != "summary":
+            problems.append(f"events {incomplete[:5]} are not complete (event, page, {SMP_INSTRUCTIONS} insn, leave)")
     return emit("smp", fields, problems)
 
 
