@@ -11,6 +11,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput,
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
+from .gdb import cli as gdb_cli
 from .v2e import cli as v2e_cli
 from .x86 import boot
 
@@ -108,6 +109,7 @@ def build_parser():
     run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS", help="stop the guest after this long")
     run.add_argument("--verbose", "-v", action="store_true", help="report the run's end and unclaimed accesses")
     v2e_cli.add_run_options(run)
+    gdb_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
@@ -177,7 +179,9 @@ def command_run(args):
                                               machine_type=machine_type))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
-        v2e_cli.attach(machine, args, stack, image)
+        debugger = gdb_cli.attach(machine, args, stack)
+        engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
+        gdb_cli.start(debugger, engine, stack)
         exit_stats = None
         if args.stats or args.stats_json:
             exit_stats = ExitStats()

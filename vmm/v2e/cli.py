@@ -41,9 +41,9 @@ def add_run_options(run):
                        help=f"instructions recorded per event at most (default: {DEFAULT_MAX_STEPS})")
 
 
-def attach(machine, args, stack, image):
+def attach(machine, args, stack, image, on_event=None, on_instruction=None):
     """Start V2E on a machine loaded with `image` when --watch or --watch-symbol was given;
-    the stack writes the trace's summary."""
+    the stack writes the trace's summary. on_event and on_instruction: as V2E takes them."""
     ranges = list(args.watch)
     symbol_pages = _symbol_pages(args.watch_symbol, image, machine.memory.size, args.image)
     ranges += page_ranges(page for page in symbol_pages
@@ -52,7 +52,8 @@ def attach(machine, args, stack, image):
         if args.trace:
             raise BadInput("--trace needs at least one --watch range or --watch-symbol")
         return None
-    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps)
+    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps,
+                 on_event=on_event, on_instruction=on_instruction)
     stack.callback(_close, engine, args.trace)
     return engine
 
