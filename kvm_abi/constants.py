@@ -101,7 +101,6 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_VCPU_EVENTS = 41
 KVM_CAP_SYNC_REGS = 74
-KVM_CAP_DEBUGREGS = 50
 KVM_CAP_SET_GUEST_DEBUG2 = 195   # returns the supported kvm_guest_debug.control bits
 
 # kvm_run.kvm_valid_regs / kvm_dirty_regs (KVM_CAP_SYNC_REGS returns the supported set).

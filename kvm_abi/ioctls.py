@@ -66,7 +66,6 @@ KVM_SET_VCPU_EVENTS = _IOW(0xA0, "struct kvm_vcpu_events")
 KVM_GET_FPU = _IOR(0x8C, "struct kvm_fpu")
 KVM_SET_FPU = _IOW(0x8D, "struct kvm_fpu")
 KVM_GET_DEBUGREGS = _IOR(0xA1, "struct kvm_debugregs")
-KVM_SET_DEBUGREGS = _IOW(0xA2, "struct kvm_debugregs")
 
 # Names of the ioctls above, for error messages and the probe test.
 IOCTL_NAMES = {value: name for name, value in globals().items()

@@ -33,6 +33,10 @@ class BreakpointError(Exception):
     """A request the table refuses; the message says why (the stub replies with an error)."""
 
 
+class NoDebugRegister(BreakpointError):
+    """A breakpoint that would need a debug register, and none is left."""
+
+
 def aligned_pieces(address, length):
     """[address, address + length) as naturally aligned pieces of 1, 2, 4 or 8 bytes."""
     pieces = []
@@ -46,7 +50,7 @@ def aligned_pieces(address, length):
     return pieces
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Entry:
     kind: int
     address: int
@@ -162,7 +166,7 @@ class BreakpointTable:
         else:
             why = ("the address is not mapped" if placing.gpa is None
                    else "this host does not hand int3 to the VMM in this CPU mode")
-            raise BreakpointError(f"the four debug registers are taken and {why}")
+            raise NoDebugRegister(f"the four debug registers are taken and {why}")
 
     def _take_slots(self, entry, pieces, placing):
         """Give `entry` a debug register per piece, moving breakpoints held there to int3."""
@@ -170,7 +174,7 @@ class BreakpointTable:
         movable = [slot for slot in self._slots if slot is not None and slot[0].kind == SOFTWARE
                    and self._int3_target(slot[0]) is not None]
         if free + len(movable) < len(pieces):
-            raise BreakpointError(f"a {KINDS[entry.kind]} at {entry.address:#x} needs {len(pieces)} debug "
+            raise NoDebugRegister(f"a {KINDS[entry.kind]} at {entry.address:#x} needs {len(pieces)} debug "
                                   f"register(s): {free} free of {DEBUG_REGISTERS}")
         for slot in movable[:max(0, len(pieces) - free)]:
             moved = slot[0]

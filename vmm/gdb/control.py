@@ -25,11 +25,11 @@ from ..errors import EXIT_GDB_KILL
 from ..kvm import NO_DEBUGGER, DebuggerState, exits
 from ..machine.outcome import Outcome
 from ..v2e.stepper import HLT_OPCODE
-from ..x86 import insn, paging
+from ..x86 import paging
 from ..x86.mode import code_segment, cpu_mode, linear_rip
 from ..x86.registers import RIP
-from .breakpoints import (ACCESS, DR6_SINGLE_STEP, HARDWARE, READ, SOFTWARE, WRITE, BreakpointTable,
-                          Placing)
+from .breakpoints import (ACCESS, DR6_SINGLE_STEP, HARDWARE, KINDS, READ, SOFTWARE, WRITE, BreakpointError,
+                          BreakpointTable, Placing)
 
 SIGINT, SIGTRAP = 2, 5
 BP_VECTOR = 3
@@ -69,6 +69,8 @@ class Controller:
         self._epoch = 0                 # resumes so far
         self._stepping = {}             # vCPU id -> the epoch gdb asked it to step in
         self._step_from = {}            # vCPU id -> linear address of the instruction it steps
+        self._step_interceptions = []   # I/O and MMIO exits of the vCPUs gdb steps
+        self._late_trap = {}            # vCPU id -> where a step ended at an I/O exit
         self._hold_for_client = False
         self._segments = {}             # (vCPU id, V2E event) -> CodeSegment
         self._interceptions = []
@@ -129,11 +131,17 @@ class Controller:
                        self.host.data_breakpoints)
 
     def replace_breakpoints(self, vcpu_id):
-        """Place every breakpoint again (the watched pages changed)."""
+        """Place every breakpoint again (the watched pages changed); what cannot be placed any
+        more is dropped, and said in the returned lines."""
         entries = self.table.entries()
         self.table.clear()
+        dropped = []
         for entry in entries:
-            self.table.insert(entry.kind, entry.address, entry.length, self.placing(vcpu_id, entry.address))
+            try:
+                self.table.insert(entry.kind, entry.address, entry.length, self.placing(vcpu_id, entry.address))
+            except BreakpointError as error:
+                dropped.append(f"{KINDS[entry.kind]} at {entry.address:#x} dropped: {error}")
+        return dropped
 
     def resume(self, actions):
         """Run again: actions maps vCPU ids to "step" or "continue". With one vCPU named of
@@ -144,10 +152,15 @@ class Controller:
         with self._lock:
             self._epoch += 1
             self._stepping = {vcpu_id: self._epoch for vcpu_id, action in actions.items() if action == "step"}
+        self._restore_step_interceptions()
         for vcpu in vcpus:
             step = vcpu.id in self._stepping
-            if self._bare and (step or stepped_watch):
+            if step or (self._bare and stepped_watch):
                 self._step_from[vcpu.id] = self._linear_rip(vcpu)
+            if step:
+                loop = self.machine.loops[vcpu.id]
+                self._step_interceptions += [self._intercept(loop, reason, self._on_step_access)
+                                             for reason in (abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO)]
             vcpu.set_debugger(DebuggerState(step or stepped_watch, step and self.host.block_irq,
                                             self.table.uses_int3, addresses, dr7))
         keep = None
@@ -159,9 +172,17 @@ class Controller:
         for pause in pauses:
             pause.resume()
 
+    def _restore_step_interceptions(self):
+        for interception in self._step_interceptions:
+            interception.restore()
+        self._step_interceptions = []
+
     def detach(self):
         """Take every breakpoint out and let the guest run on without a debugger."""
+        if not self._pauses and not self.interrupt():
+            return   # the run has ended
         self.table.clear()
+        self._restore_step_interceptions()
         with self._lock:
             self.attached = self._hold_for_client = False
             self._stepping = {}
@@ -174,9 +195,9 @@ class Controller:
 
     def kill(self):
         self.machine.stop(gdb_kill())
-        self.detach()
 
     def close(self):
+        self._restore_step_interceptions()
         for interception in self._interceptions:
             interception.restore()
         self._interceptions = []
@@ -217,9 +238,12 @@ class Controller:
             if entry is not None:
                 self._stop_here(vcpu, lambda: self._slot_stop(vcpu.id, entry, piece))
                 return
-            if exit.dr6 & DR6_SINGLE_STEP and (vcpu.id in self._stepping or self.table.stepped):
-                self._after_step(loop, epoch)
-                return
+            if exit.dr6 & DR6_SINGLE_STEP:
+                if self._late_trap and self._late_trap.pop(vcpu.id, None) == exit.pc:
+                    return   # the trap of an access that ended the step at its exit (see _on_step_access)
+                if vcpu.id in self._stepping or self.table.stepped:
+                    self._after_step(loop, exit.pc, epoch)
+                return       # a trap reported after single-stepping ended: nothing to do
         interception.pass_on(exit)   # not the debugger's: the run loop reports it
 
     def _slot_stop(self, vcpu_id, entry, piece):
@@ -247,10 +271,25 @@ class Controller:
                 or not self._stop_for_int3(loop.vcpu, self._linear_rip(loop.vcpu))):
             interception.pass_on(exit)
 
-    def _after_step(self, loop, epoch):
-        """A single-step trap: gdb's step ended, or a stepped watchpoint is due a look."""
+    def _on_step_access(self, loop, interception, exit):
+        """An I/O or MMIO exit of a vCPU gdb steps. Some hosts advance RIP past an OUT (or an
+        MMIO write) before this exit and report no single-step trap for it (the next trap comes
+        after the following instruction); others report the trap too, at the next entry."""
+        interception.pass_on(exit)
+        vcpu, epoch = loop.vcpu, self._epoch
+        if self.machine.outcome is not None or self._stepping.get(vcpu.id) != epoch:
+            return
+        rip = self._linear_rip(vcpu)
+        if rip == self._step_from.get(vcpu.id):
+            return   # the access completes at the next entry, and its trap comes then
+        self._late_trap[vcpu.id] = rip
+        self._stop_here(vcpu, lambda: Stop(vcpu.id) if self._stepping.get(vcpu.id) == epoch else None)
+
+    def _after_step(self, loop, linear, epoch):
+        """A single-step trap at linear address `linear`: gdb's step ended, or a stepped
+        watchpoint is due a look."""
         vcpu = loop.vcpu
-        if self._bare and self._stepped_over_hlt(vcpu):
+        if self._bare and self._stepped_over_hlt(vcpu, linear):
             # HLT ends the run on a bare machine; single-stepped, KVM goes past it instead.
             loop.dispatch(exits.Hlt(abi.KVM_EXIT_HLT))
             return
@@ -261,22 +300,16 @@ class Controller:
         elif self._stepping.get(vcpu.id) == epoch:
             self._stop_here(vcpu, lambda: Stop(vcpu.id) if self._stepping.get(vcpu.id) == epoch else None)
 
-    def _stepped_over_hlt(self, vcpu):
-        """Whether the instruction just single-stepped was HLT (and remember where the next starts)."""
-        regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+    def _stepped_over_hlt(self, vcpu, linear):
+        """Whether the instruction just single-stepped, ending at `linear`, was HLT (one byte,
+        0xF4: a prefix on HLT means nothing); remember where the next one starts."""
         started = self._step_from.get(vcpu.id)
-        self._step_from[vcpu.id] = linear_rip(regs.rip, sregs)
-        if started is None:
+        self._step_from[vcpu.id] = linear
+        if started is None or linear != started + 1:
             return False
         memory = self.machine.memory
-        gpa = paging.translate(memory, sregs, started)
-        length = insn.MAX_LENGTH
-        while gpa is not None and length and not memory.contains(gpa, length):
-            length -= 1   # the instruction ends RAM
-        if gpa is None or not length:
-            return False
-        decoded = insn.decode(memory.read(gpa, length), cpu_mode(sregs)[1])
-        return decoded is not None and decoded[1] == HLT_OPCODE
+        gpa = paging.translate(memory, vcpu.get_sregs(), started)
+        return gpa is not None and memory.contains(gpa) and memory.read(gpa, 1)[0] == HLT_OPCODE
 
     # -- V2E callbacks (the tracing vCPU's thread; V2E has paused the others) --
 

@@ -37,17 +37,20 @@ class Monitor:
             if len(words) == 3 and words[:2] == ["v2e", "watch"]:
                 start, end = parse_watch(words[2])
                 self._watching.watch(start, end)
-                self._controller.replace_breakpoints(session.general_thread)
-                return self._watching.status() + "\n"
+                return self._after_watch_change(session, self._watching.status())
             if words == ["v2e", "unwatch"]:
                 self._watching.unwatch()
-                self._controller.replace_breakpoints(session.general_thread)
-                return "V2E stopped\n"
+                return self._after_watch_change(session, "V2E stopped")
             if words == ["v2e", "status"]:
                 return self._watching.status() + "\n"
         except VmmError as error:
             return f"vmm: {error}\n"
         return HELP if words in ([], ["help"]) else f"vmm: unknown monitor command {command!r}\n{HELP}"
+
+    def _after_watch_change(self, session, text):
+        """Breakpoints move in or out of the pages now watched."""
+        lines = [text] + self._controller.replace_breakpoints(session.general_thread)
+        return "\n".join(lines) + "\n"
 
     def _registers(self, vcpu_id):
         vcpu = self._controller.machine.vcpus[vcpu_id]

@@ -153,7 +153,9 @@ class Server:
         except Exception as error:  # noqa: BLE001 - a bug in the stub: say so, let the guest run on
             self.log(f"internal error: {type(error).__name__}: {error}", always=True)
         finally:
-            if not session.ended:
+            if self._machine_ended:
+                self.log(f"the run has ended: closing the connection to {peer}")
+            elif not session.ended:
                 self.log(f"client {peer} left without detaching: the guest runs on")
                 controller.detach()
             client.close()

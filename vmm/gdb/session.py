@@ -9,10 +9,9 @@ import kvm_abi as abi
 
 from ..errors import VmmError
 from ..x86.mode import cpu_mode
-from ..x86.registers import RIP
 from . import memory as virtual
-from .breakpoints import KINDS, BreakpointError
-from .control import SIGINT, SIGTRAP, Stop
+from .breakpoints import KINDS, BreakpointError, NoDebugRegister
+from .control import SIGINT, Stop
 from .protocol import (MAX_PAYLOAD, Ack, Dropped, Interrupt, Packet, ProtocolError, escape, frame, hex_bytes,
                        hex_number, unescape)
 from .registers import RegisterFile
@@ -169,6 +168,7 @@ class Session:
         if value == 0:
             return self.last_stop.vcpu_id
         if value > len(self.machine.vcpus):
+            self.log(f"no thread {value:x}: threads are 1-{len(self.machine.vcpus):x}, one per vCPU")
             raise _NoThread()
         return value - 1
 
@@ -224,8 +224,7 @@ class Session:
     def _read_register(self, payload):
         number = hex_number(payload[1:])
         if number >= len(self._layout().registers):
-            self.reply(E_INVALID)
-            return
+            raise ProtocolError(f"no register {number:#x} in the {self._layout().name}-bit description")
         self.reply(self._register_file(self.general_thread).encode(number).hex().encode())
 
     def _write_registers(self, payload):
@@ -335,7 +334,7 @@ class Session:
             entry = self.controller.table.insert(kind, address, length, placing)
         except BreakpointError as error:
             self.log(f"cannot insert a {KINDS[kind]} at {address:#x}: {error}")
-            self.reply(E_NO_SPACE)
+            self.reply(E_NO_SPACE if isinstance(error, NoDebugRegister) else E_INVALID)
             return
         self.log(f"{KINDS[kind]} at {address:#x} ({length}): {entry.placement}")
         for moved in self.controller.table.moved:
@@ -473,8 +472,7 @@ class Session:
     def _features(self, arguments):
         annex, _, window = arguments.partition(b":")
         if annex != b"target.xml":
-            self.reply(E_INVALID)
-            return
+            raise ProtocolError(f"no feature document {annex[:40]!r}: there is target.xml")
         offset, length = self._address_length(window)
         document = target_xml(self._layout())
         chunk = document[offset:offset + min(length, MAX_PAYLOAD // 2)]

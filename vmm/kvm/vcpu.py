@@ -196,9 +196,6 @@ class Vcpu(libc.FileDescriptor):
         libc.ioctl(self.fd, kvm_abi.KVM_GET_DEBUGREGS, debugregs)
         return debugregs
 
-    def set_debugregs(self, debugregs):
-        libc.ioctl(self.fd, kvm_abi.KVM_SET_DEBUGREGS, debugregs)
-
     def get_vcpu_events(self):
         events = libc.ffi.new("struct kvm_vcpu_events *")
         libc.ioctl(self.fd, kvm_abi.KVM_GET_VCPU_EVENTS, events)
