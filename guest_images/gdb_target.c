@@ -1,4 +1,4 @@
-/* A 64-bit ELF guest for debugger sessions, built with debug information and without
+/* A 64-bit ELF guest to debug with gdb, built with debug information and without
  * optimisation, so its locals live on the stack: `checksum` has locals and arguments,
  * `counter` is a global it updates (a watchpoint's target), `main64` prints the first byte of
  * `checksum`'s code as the guest reads it (a software breakpoint must not show there), and

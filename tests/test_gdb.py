@@ -15,14 +15,15 @@ import pytest
 from conftest import GUESTS, ROOT
 
 GDB = shutil.which("gdb")
-pytestmark = [pytest.mark.kvm, pytest.mark.skipif(GDB is None, reason="needs gdb (Debian's `gdb`; .ci/run installs it)")]
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(GDB is None, reason="needs gdb (Debian's `gdb`; .ci/run installs it)")]
 
 EXIT_GDB_KILL = 12
 _LISTENING = re.compile(r"vmm: gdb: (?:listening|waiting for gdb) on (\S+)")
 
 
 def image(name):
-    return str(next(GUESTS / f"{name}{suffix}" for suffix in (".elf", ".bin") if (GUESTS / f"{name}{suffix}").exists()))
+    return str(next(path for path in (GUESTS / f"{name}.elf", GUESTS / f"{name}.bin") if path.exists()))
 
 
 @functools.cache
@@ -295,8 +296,8 @@ def test_v2e_events_stop_into_gdb_and_stepi_steps_the_traced_code(under_gdb, tmp
     vmm = under_gdb("packed_long", "--watch", "0x200000", "--trace", str(trace), "--gdb-on-event")
     output = gdb(vmm, ["continue", "info registers rip", "x/3i $pc", "stepi", "stepi", "info registers rip",
                        "monitor v2e status", "info threads", "continue"])
-    assert "vmm: V2E event 1: vCPU 0 entered watched gpa 0x200000 at rip 0x200000 (stock backend" in output or (
-        "vmm: V2E event 1: vCPU 0 entered watched gpa 0x200000 at rip 0x200000 (patched backend" in output), output
+    assert re.search(r"vmm: V2E event 1: vCPU 0 entered watched gpa 0x200000 at rip 0x200000 "
+                     r"\((stock|patched) backend, long mode\)", output), output
     assert values(output, "rip") == [0x200000, 0x200006], output
     assert "V2E watches 0x200000-0x201000" in output and "2 instructions traced" in output, output
     assert "traced by V2E" in output, output
@@ -320,14 +321,23 @@ def test_breakpoints_on_code_a_packer_writes(under_gdb, watch):
     assert_same_as_without_gdb(vmm, "packed_long")
 
 
+PACKED_LONG_AFTER_THE_PAYLOAD = 0x10006E   # the loader's instruction after `call *%rax`
+
+
 def test_monitor_starts_and_stops_v2e(under_gdb):
     vmm = under_gdb("packed_long", "--gdb-on-event")
-    output = gdb(vmm, ["monitor v2e status", "monitor v2e watch 0x200000+0x1000", "continue",
-                       "info registers rip", "monitor pa 0x200000", "continue", "monitor v2e status"])
-    assert "V2E watches nothing" in output, output
+    output = gdb(vmm, ["monitor v2e status", "monitor v2e watch 0x200000+0x1000", "monitor v2e watch 0x300000",
+                       f"break *{PACKED_LONG_AFTER_THE_PAYLOAD:#x}", "continue", "info registers rip",
+                       "monitor pa 0x200000", "monitor v2e unwatch", "continue", "monitor v2e status",
+                       "monitor v2e unwatch", "monitor v2e status", "delete", "continue"])
+    assert output.count("V2E watches nothing") == 2, output
+    assert re.search(r"V2E watches 0x200000-0x201000 \((stock|patched) backend\): 0 events", output), output
+    assert "vmm: V2E already watches 0x200000-0x201000: `monitor v2e unwatch` first" in output, output
     assert "vmm: V2E event 1: vCPU 0 entered watched gpa 0x200000" in output, output
-    assert values(output, "rip") == [0x200000], output
+    assert values(output, "rip")[0] == 0x200000, output
     assert "0x200000 -> physical 0x200000 (2048 KiB page, writable, executable)" in output, output
+    assert "vmm: V2E is inside an event on vCPU 0: continue until it leaves the watched pages" in output, output
+    assert "1 event, 264 instructions traced" in output and "V2E stopped" in output, output
     assert_same_as_without_gdb(vmm, "packed_long")
 
 

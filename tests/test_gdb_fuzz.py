@@ -66,12 +66,13 @@ def random_packet(rng, writes):
     if kind == "P":
         return b"P%x=%s" % (rng.randrange(0, 80), bytes(rng.randrange(256) for _ in range(8)).hex().encode())
     if kind == "M":
-        return b"M%x,4:%s" % (rng.randrange(0x500000, 0x600000), bytes(rng.randrange(256) for _ in range(4)).hex().encode())
+        data = bytes(rng.randrange(256) for _ in range(4))
+        return b"M%x,4:%s" % (rng.randrange(0x500000, 0x600000), data.hex().encode())
     if kind == "X":
         return b"X%x,4:%s" % (rng.randrange(0x500000, 0x600000), bytes(rng.randrange(32, 127) for _ in range(4))
                               .replace(b"$", b"a").replace(b"#", b"b").replace(b"}", b"c").replace(b"*", b"d"))
     junk = bytes(rng.randrange(32, 127) for _ in range(rng.randrange(1, 40))).replace(b"$", b"y").replace(b"#", b"y")
-    return junk if writes or junk[:1] not in (b"k", b"D") else b"y" + junk[1:]   # kill and detach end the session
+    return junk if writes or junk[:1] not in (b"k", b"D") else b"y" + junk[1:]   # kill and detach end the connection
 
 
 def random_bytes(rng):
@@ -107,7 +108,7 @@ class Drain:
 
 
 def _answers(sock, drain, timeout=15):
-    """Whether the stub answers a qC now (stopping the guest first); None when the session
+    """Whether the stub answers a qC now (stopping the guest first); None when the connection
     has ended (the run ended)."""
     before = len(drain.packets())
     try:
@@ -126,7 +127,7 @@ def _answers(sock, drain, timeout=15):
 
 def _fuzz(vmm, rng, count, writes):
     """Send `count` random items, checking every 250 that the stub still answers; then detach.
-    Without writes the session must last; with them the run may end (the session with it)."""
+    Without writes the connection must last; with them the run may end (the connection with it)."""
     sock = socket.create_connection(("127.0.0.1", vmm.port), timeout=30)
     drain = Drain(sock)
     try:

@@ -246,6 +246,26 @@ def test_read_watchpoints_where_debug_registers_miss_data(stub):
     assert re.search(r"data breakpoints (never )?trigger", stderr), stderr
 
 
+@pytest.mark.parametrize("name, mode", [("hello_long", "long"), ("hello_real", "real")])
+def test_a_fifth_breakpoint_is_int3_where_the_host_hands_int3_to_the_vmm(stub, name, mode):
+    vmm, client = stub(name, "--mode", mode)
+    for n in range(4):
+        assert client.ask(b"Z1,%x,1" % (0x300000 + n)) == b"OK"
+    fifth = client.ask(b"Z0,%x,1" % (0x100010 if mode == "long" else 0x7C10))
+    said = "".join(vmm.stderr_lines)
+    unusable = re.search(r"int3 does not reach the VMM in ([a-z, ]+) mode", said)
+    if "int3 never reaches the VMM" in said or (unusable and mode in unusable.group(1)):
+        assert fifth == E_NO_SPACE
+    else:
+        assert fifth == b"OK"
+    stderr = detach_and_check(vmm, client, name, "--mode", mode)
+    assert "vmm: gdb: this host: int3 reaches the VMM by long: " in stderr, stderr
+    if fifth == E_NO_SPACE:
+        assert "the four debug registers are taken and this host does not hand int3 to the VMM" in stderr
+    else:
+        assert re.search(r"breakpoint at 0x[0-9a-f]+ \(1\): int3", stderr), stderr
+
+
 # -- memory -------------------------------------------------------------------------
 
 def test_memory_that_does_not_translate(stub):

@@ -5,6 +5,6 @@
 protocol (framing), tdesc (target descriptions per CPU mode), registers (a vCPU's registers as
 gdb numbers them), memory (linear addresses through the guest's page tables), breakpoints
 (debug registers, int3, stepped watchpoints), probe (what this host's KVM delivers), control
-(stopping and resuming vCPUs), session (the commands), monitor (qRcmd), watching (the V2E
-engine), server (the socket and its thread), cli (the `vmm run` options).
+(stopping and resuming vCPUs), connection (the commands of one client), monitor (qRcmd),
+watching (the V2E engine), server (the socket and its thread), cli (the `vmm run` options).
 """

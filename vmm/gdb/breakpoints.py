@@ -59,6 +59,7 @@ class Entry:
     slots: list = field(default_factory=list)
     gpa: int | None = None         # int3: where the byte is; stepped: the watched bytes' start
     last: bytes = b""              # stepped: the bytes last seen
+    watched: bool = False          # in a page V2E watches: checked at each traced instruction
 
     @property
     def key(self):
@@ -138,7 +139,7 @@ class BreakpointTable:
         self.moved = []
         if key in self._entries:
             return self._entries[key]   # gdb inserts again what it already inserted: harmless
-        entry = Entry(kind, address, length)
+        entry = Entry(kind, address, length, watched=placing.watched)
         if kind == SOFTWARE:
             self._place_software(entry, placing)
         elif kind == HARDWARE:
@@ -158,15 +159,18 @@ class BreakpointTable:
             entry.placement = "watched"
         elif None in self._slots:
             # Kept in case a hardware breakpoint or a watchpoint needs the register later.
-            entry.gpa = placing.gpa if placing.int3_usable else None
+            entry.gpa = placing.gpa if self._int3_possible(placing) else None
             self._assign(entry, [(entry.address, 1)])
-        elif placing.int3_usable and placing.gpa is not None:
+        elif self._int3_possible(placing):
             self.software.plant(placing.gpa)
             entry.placement, entry.gpa = "int3", placing.gpa
         else:
-            why = ("the address is not mapped" if placing.gpa is None
-                   else "this host does not hand int3 to the VMM in this CPU mode")
+            why = ("this host does not hand int3 to the VMM in this CPU mode" if not placing.int3_usable
+                   else "the address is not mapped to RAM")
             raise NoDebugRegister(f"the four debug registers are taken and {why}")
+
+    def _int3_possible(self, placing):
+        return placing.int3_usable and placing.gpa is not None and self._memory.contains(placing.gpa)
 
     def _take_slots(self, entry, pieces, placing):
         """Give `entry` a debug register per piece, moving breakpoints held there to int3."""
@@ -255,9 +259,14 @@ class BreakpointTable:
                 return slot[0], slot[1]
         return None, None
 
-    def execution_at(self, address):
-        """The Z0 or Z1 at linear `address`, if any."""
-        return (self._entries.get((SOFTWARE, address, 1)) or self._entries.get((HARDWARE, address, 1)))
+    def execution_at(self, address, watched_only=False):
+        """The Z0 or Z1 at linear `address`, if any (in a watched page, if watched_only)."""
+        entry = self._entries.get((SOFTWARE, address, 1)) or self._entries.get((HARDWARE, address, 1))
+        return entry if entry is not None and (entry.watched or not watched_only) else None
+
+    @property
+    def any_watched(self):
+        return any(entry.watched for entry in self._entries.values())
 
     def int3_at(self, gpa):
         return next((entry for entry in self._entries.values()

@@ -73,6 +73,7 @@ class Controller:
         self._late_trap = {}            # vCPU id -> where a step ended at an I/O exit
         self._hold_for_client = False
         self._segments = {}             # (vCPU id, V2E event) -> CodeSegment
+        self.in_v2e_callback = set()    # vCPUs stopped inside a V2E callback
         self._interceptions = []
         for loop in machine.loops:
             self._interceptions.append(self._intercept(loop, abi.KVM_EXIT_DEBUG, self._on_debug))
@@ -222,7 +223,11 @@ class Controller:
     def _stop_in_place(self, vcpu, validate):
         """_stop_here from inside a V2E callback, which must not return before the resume."""
         if self._stop_here(vcpu, validate):
-            self.machine.pause_gate.park(vcpu.id)
+            self.in_v2e_callback.add(vcpu.id)
+            try:
+                self.machine.pause_gate.park(vcpu.id)
+            finally:
+                self.in_v2e_callback.discard(vcpu.id)
 
     def _linear_rip(self, vcpu):
         return linear_rip(vcpu.get_regs().rip, vcpu.get_sregs())
@@ -342,13 +347,13 @@ class Controller:
         if self._stepping.get(vcpu_id) == epoch:
             self._stop_in_place(vcpu, lambda: Stop(vcpu_id) if self._stepping.get(vcpu_id) == epoch else None)
             return
-        if len(self.table):
+        if self.table.any_watched:   # the others are hit where they are, once the trace ends
             key = (vcpu_id, step.event.index)
             segment = self._segments.get(key)
             if segment is None:
                 segment = code_segment(vcpu.get_sregs())
                 self._segments = {key: segment}
-            breakpoint = self.table.execution_at(segment.linear(step.values[RIP]))
+            breakpoint = self.table.execution_at(segment.linear(step.values[RIP]), watched_only=True)
             if breakpoint is not None:
                 reason = "swbreak" if breakpoint.kind == SOFTWARE else "hwbreak"
                 self._stop_in_place(vcpu, lambda: Stop(vcpu_id, reason=reason)

@@ -24,32 +24,32 @@ class Monitor:
         self._controller = controller
         self._watching = watching
 
-    def run(self, command, session):
+    def run(self, command, connection):
         """The text a command prints (errors included: gdb shows monitor output as is)."""
         words = command.split()
         try:
             if words == ["info", "registers"]:
-                return self._registers(session.general_thread)
+                return self._registers(connection.general_thread)
             if len(words) == 2 and words[0] == "pa":
-                return self._physical(session.general_thread, words[1])
+                return self._physical(connection.general_thread, words[1])
             if words == ["breakpoints"]:
                 return self._breakpoints()
             if len(words) == 3 and words[:2] == ["v2e", "watch"]:
                 start, end = parse_watch(words[2])
                 self._watching.watch(start, end)
-                return self._after_watch_change(session, self._watching.status())
+                return self._after_watch_change(connection, self._watching.status())
             if words == ["v2e", "unwatch"]:
-                self._watching.unwatch()
-                return self._after_watch_change(session, "V2E stopped")
+                self._watching.unwatch(busy=self._controller.in_v2e_callback)
+                return self._after_watch_change(connection, "V2E stopped")
             if words == ["v2e", "status"]:
                 return self._watching.status() + "\n"
         except VmmError as error:
             return f"vmm: {error}\n"
         return HELP if words in ([], ["help"]) else f"vmm: unknown monitor command {command!r}\n{HELP}"
 
-    def _after_watch_change(self, session, text):
+    def _after_watch_change(self, connection, text):
         """Breakpoints move in or out of the pages now watched."""
-        lines = [text] + self._controller.replace_breakpoints(session.general_thread)
+        lines = [text] + self._controller.replace_breakpoints(connection.general_thread)
         return "\n".join(lines) + "\n"
 
     def _registers(self, vcpu_id):

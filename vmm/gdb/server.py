@@ -14,7 +14,7 @@ import threading
 from ..errors import BadInput
 from .control import SIGTRAP, Stop
 from .protocol import PacketReader
-from .session import Session
+from .connection import Connection
 
 SEND_TIMEOUT = 10.0
 POLL_SECONDS = 0.1
@@ -124,7 +124,7 @@ class Server:
             if self._listener in ready:
                 client = self._accept()
                 if client is not None:
-                    self._session(*client)
+                    self._connection(*client)
 
     def _accept(self):
         try:
@@ -135,9 +135,9 @@ class Server:
         client.settimeout(SEND_TIMEOUT)
         return client, peer or "a local client"
 
-    def _session(self, client, peer):
+    def _connection(self, client, peer):
         self.log(f"client {peer} connected")
-        session = Session(self.controller, client.sendall, self.log, self.monitor)
+        connection = Connection(self.controller, client.sendall, self.log, self.monitor)
         controller = self.controller
         controller.attach()
         try:
@@ -146,8 +146,8 @@ class Server:
                 if not controller.interrupt():
                     return
                 stop = controller.take_stop()
-            session.stopped(stop or Stop(0, SIGTRAP), tell=False)
-            self._converse(client, session)
+            connection.stopped(stop or Stop(0, SIGTRAP), tell=False)
+            self._converse(client, connection)
         except OSError as error:   # the client went away mid-reply, or stopped reading
             self.log(f"client {peer}: {error.strerror or error}")
         except Exception as error:  # noqa: BLE001 - a bug in the stub: say so, let the guest run on
@@ -155,34 +155,34 @@ class Server:
         finally:
             if self._machine_ended:
                 self.log(f"the run has ended: closing the connection to {peer}")
-            elif not session.ended:
+            elif not connection.ended:
                 self.log(f"client {peer} left without detaching: the guest runs on")
                 controller.detach()
             client.close()
 
-    def _converse(self, client, session):
+    def _converse(self, client, connection):
         reader = PacketReader()
-        while not session.ended:
+        while not connection.ended:
             ready, _, _ = select.select([client, self._listener, self._wake_read], [], [], POLL_SECONDS)
             if self._wake_read in ready:
                 self._drain()
             if self._listener in ready:
                 self._refuse()
             if self._machine_ended:
-                if session.running:
-                    session.exited(self.controller.machine.outcome)
+                if connection.running:
+                    connection.exited(self.controller.machine.outcome)
                 return
             if self._closing:
                 return
-            if session.running:
+            if connection.running:
                 stop = self.controller.take_stop()
                 if stop is not None:
-                    session.stopped(stop)
+                    connection.stopped(stop)
             if client in ready:
                 data = client.recv(65536)
                 if not data:
                     return
-                session.feed(reader.feed(data))
+                connection.feed(reader.feed(data))
 
     def _refuse(self):
         try:

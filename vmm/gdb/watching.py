@@ -30,12 +30,13 @@ class Watching:
                           **self._callbacks)
         self._started_here = True
 
-    def unwatch(self):
+    def unwatch(self, busy=()):
+        """Close the engine; `busy`: vCPUs stopped inside one of its events."""
         if self.engine is None:
             raise VmmError("V2E watches nothing")
-        tracing = [loop.vcpu.id for loop in self._machine.loops if loop.driver is not None]
+        tracing = sorted(set(busy) | {loop.vcpu.id for loop in self._machine.loops if loop.driver is not None})
         if tracing:
-            raise VmmError(f"V2E is tracing on vCPU {tracing[0]}: continue until the trace leaves the watched pages")
+            raise VmmError(f"V2E is inside an event on vCPU {tracing[0]}: continue until it leaves the watched pages")
         self.engine.close()   # a trace file gets its summary now
         self.engine, self._started_here = None, False
 

@@ -30,7 +30,7 @@ _FEATURES = (f"PacketSize={MAX_PAYLOAD:x};qXfer:features:read+;QStartNoAckMode+;
 _OUTPUT_CHUNK = (MAX_PAYLOAD - 1) // 2
 
 
-class Session:
+class Connection:
     """The protocol state of one connection; send(bytes) writes to the client."""
 
     def __init__(self, controller, send, log, monitor):
@@ -42,7 +42,7 @@ class Session:
         self.no_ack = False
         self.running = False
         self.ended = False              # detached or killed: the connection closes
-        self.layout = None              # the description gdb read (fixed for the session)
+        self.layout = None              # the description gdb read (fixed for the connection)
         self.last_stop = None
         self.general_thread = self.continue_thread = 0   # vCPU ids (Hg, Hc)
         self._registers = {}            # vCPU id -> RegisterFile, for this stop
