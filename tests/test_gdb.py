@@ -307,6 +307,18 @@ def test_v2e_events_stop_into_gdb_and_stepi_steps_the_traced_code(under_gdb, tmp
     assert '"instructions":264' in records[-1], records[-1]
 
 
+def test_stepping_another_thread_alone_during_a_v2e_event(under_gdb):
+    """V2E holds the other vCPUs while one is inside an event: one of them resumed alone
+    stops again at once, saying why; resuming everyone lets the guest finish."""
+    vmm = under_gdb("smp", "--smp", "2", "--watch", "0x101000", "--gdb-on-event")
+    other = "python gdb.execute('thread %d' % (2 if gdb.selected_thread().num == 1 else 1))"
+    output = gdb(vmm, ["continue", other, "set scheduler-locking on", "stepi", "set scheduler-locking off",
+                       *["continue"] * 60], file="smp")
+    assert "is inside a V2E event, which holds the other vCPUs until it ends" in output, output
+    assert output.count("vmm: V2E event ") == 50, "two vCPUs, 25 calls each, every one an event"
+    assert_same_as_without_gdb(vmm, "smp", "--smp", "2", "--watch", "0x101000")
+
+
 @pytest.mark.parametrize("watch", [[], ["--watch", "0x200000"]], ids=["unwatched", "watched"])
 def test_breakpoints_on_code_a_packer_writes(under_gdb, watch):
     """The packed sample decrypts its payload into 0x200000 after gdb set breakpoints there:

@@ -108,7 +108,8 @@ class Controller:
             if not self._stops:
                 return None
             stop, pause = self._stops.popleft()
-            self._pauses.append(pause)
+            if pause is not None:
+                self._pauses.append(pause)
             return stop
 
     @property
@@ -148,6 +149,9 @@ class Controller:
         """Run again: actions maps vCPU ids to "step" or "continue". With one vCPU named of
         several, the others stay parked; with more, every vCPU runs."""
         vcpus = self.machine.vcpus
+        if len(actions) == 1 and len(vcpus) > 1 and self._stopped_by_v2e(*actions):
+            return
+
         stepped_watch = bool(self.table.stepped)
         addresses, dr7 = self.table.debug_registers()
         with self._lock:
@@ -173,6 +177,20 @@ class Controller:
         for pause in pauses:
             pause.resume()
 
+    def _stopped_by_v2e(self, alone):
+        """A vCPU resumed alone cannot run while another is inside a V2E event, which holds the
+        others until it ends: it stops again at once, saying so."""
+        tracing = [loop.vcpu.id for loop in self.machine.loops if loop.vcpu.id != alone
+                   and (loop.driver is not None or loop.vcpu.id in self.in_v2e_callback)]
+        if not tracing:
+            return False
+        message = (f"vmm: vCPU {tracing[0]} is inside a V2E event, which holds the other vCPUs until it "
+                   f"ends: resume it too (scheduler-locking off), or step it\n")
+        with self._lock:
+            self._stops.append((Stop(alone, message=message), None))
+        self.notify()
+        return True
+
     def _restore_step_interceptions(self):
         for interception in self._step_interceptions:
             interception.restore()
@@ -187,7 +205,7 @@ class Controller:
         with self._lock:
             self.attached = self._hold_for_client = False
             self._stepping = {}
-            pauses = self._pauses + [pause for _, pause in self._stops]
+            pauses = self._pauses + [pause for _, pause in self._stops if pause is not None]
             self._pauses, self._stops = [], deque()
         for vcpu in self.machine.vcpus:
             vcpu.set_debugger(NO_DEBUGGER)
