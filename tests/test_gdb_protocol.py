@@ -155,6 +155,17 @@ def test_the_description_follows_the_cpu_mode_and_sizes_the_g_packet(stub, name,
     detach_and_check(vmm, client, name, *args)
 
 
+def test_an_elf64_image_gets_the_64_bit_description_in_any_mode(stub):
+    """gdb, given an ELF64 file, refuses any description but x86-64's (its code here starts
+    in 32-bit mode, as a 64-bit kernel's boot code does)."""
+    vmm, client = stub("gdb_target", "--mode", "protected")
+    assert bytes.fromhex(client.ask(b"qThreadExtraInfo,1").decode()).startswith(b"vCPU 0: protected mode")
+    root = _target_xml(client)
+    assert root.findtext("architecture") == "i386:x86-64"
+    client.send_raw(framed(b"k"))
+    assert vmm.finish()[1] == EXIT_GDB_KILL
+
+
 # -- framing ---------------------------------------------------------------------------
 
 def test_bad_checksums_oversized_and_broken_packets_are_refused_with_a_nak(stub):

@@ -179,7 +179,7 @@ def command_run(args):
                                               machine_type=machine_type))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
-        debugger = gdb_cli.attach(machine, args, stack)
+        debugger = gdb_cli.attach(machine, args, stack, image)
         engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
         gdb_cli.start(debugger, engine, stack)
         exit_stats = None

@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from ..errors import BadInput
+from ..loaders import elf
 from .control import Controller
 from .monitor import Monitor
 from .probe import probe
@@ -30,7 +31,7 @@ def add_run_options(run):
 class Debugger:
     """The stub of one run: the host probe, execution control, the server and its monitor."""
 
-    def __init__(self, machine, args):
+    def __init__(self, machine, args, image):
         self._verbose = args.verbose
         self.host = probe(machine.kvm)
         self._closed = False
@@ -38,9 +39,12 @@ class Debugger:
         self._stop_on_events = args.gdb_on_event
         self.watching = Watching(machine, args.backend, args.max_steps, self._on_event,
                                  self.controller.on_instruction)
+        # gdb loads an ELF64 file as x86-64 and refuses any other description: such an image
+        # gets the 64-bit one whatever mode its code starts in.
+        image_bits = 64 if elf.is_elf(image) and elf.elf_class(image) == 64 else None
         try:
             self.server = Server(self.controller, Monitor(self.controller, self.watching),
-                                 listen(*args.gdb), self.log)
+                                 listen(*args.gdb), self.log, image_bits)
         except BaseException:
             self.controller.close()
             raise
@@ -84,13 +88,14 @@ class Debugger:
         self.controller.close()
 
 
-def attach(machine, args, stack):
-    """The stub when --gdb was given (the stack closes it), else None."""
+def attach(machine, args, stack, image):
+    """The stub for a machine loaded with `image` when --gdb was given (the stack closes it),
+    else None."""
     if args.gdb is None:
         if args.gdb_wait or args.gdb_on_event:
             raise BadInput("--gdb-wait and --gdb-on-event need --gdb")
         return None
-    debugger = Debugger(machine, args)
+    debugger = Debugger(machine, args, image)
     stack.callback(debugger.close)
     return debugger
 

@@ -33,8 +33,9 @@ _OUTPUT_CHUNK = (MAX_PAYLOAD - 1) // 2
 class Connection:
     """The protocol state of one connection; send(bytes) writes to the client."""
 
-    def __init__(self, controller, send, log, monitor):
+    def __init__(self, controller, send, log, monitor, image_bits=None):
         self.controller = controller
+        self._image_bits = image_bits   # 64 for an ELF64 image: gdb, given the file, takes no other
         self._send = send
         self.log = log
         self.monitor = monitor
@@ -130,13 +131,14 @@ class Connection:
         return reply
 
     def _warn_if_mode_changed(self, vcpu_id):
-        if self.layout is None:
+        if self.layout is None or self._image_bits:
             return
         bits = cpu_mode(self.machine.vcpus[vcpu_id].get_sregs())[1]
         if layout_for_bits(bits) is not self.layout:
+            file = " and without a 32-bit ELF file" if bits == 64 else ""
             self.output(f"vmm: vCPU {vcpu_id} now runs {bits}-bit code; gdb read the {self.layout.name}-bit "
-                        f"description when it connected: reconnect gdb (detach, then target remote) to "
-                        f"see {bits}-bit registers\n")
+                        f"description when it connected and sees these registers through it: connect "
+                        f"gdb again while the vCPU runs {bits}-bit code{file} to see them whole\n")
 
     def exited(self, outcome):
         """The run ended while gdb waited for a stop."""
@@ -208,7 +210,7 @@ class Connection:
 
     def _layout(self):
         if self.layout is None:
-            bits = cpu_mode(self.machine.vcpus[self.general_thread].get_sregs())[1]
+            bits = self._image_bits or cpu_mode(self.machine.vcpus[self.general_thread].get_sregs())[1]
             self.layout = layout_for_bits(bits)
         return self.layout
 

@@ -82,8 +82,9 @@ def _remove_stale_socket(path):
 
 
 class Server:
-    def __init__(self, controller, monitor, listener, log):
+    def __init__(self, controller, monitor, listener, log, image_bits=None):
         self.controller = controller
+        self._image_bits = image_bits
         self.monitor = monitor
         self._listener = listener
         self._path = listener.getsockname() if listener.family == socket.AF_UNIX else None
@@ -137,7 +138,7 @@ class Server:
 
     def _connection(self, client, peer):
         self.log(f"client {peer} connected")
-        connection = Connection(self.controller, client.sendall, self.log, self.monitor)
+        connection = Connection(self.controller, client.sendall, self.log, self.monitor, self._image_bits)
         controller = self.controller
         controller.attach()
         try:
