@@ -7,5 +7,5 @@ from .system import KVM_DEVICE, Kvm
 from .vcpu import NO_DEBUGGER, DebuggerState, Vcpu, install_kick_handler, kick_handler_installed
 from .vm import Vm
 
-__all__ = ["KVM_DEVICE", "NO_DEBUGGER", "DebuggerState", "Kvm", "KvmError", "KvmUnavailable", "Vcpu", "Vm", "exits",
-           "install_kick_handler", "kick_handler_installed"]
+__all__ = ["KVM_DEVICE", "NO_DEBUGGER", "DebuggerState", "Kvm", "KvmError", "KvmUnavailable", "Vcpu", "Vm",
+           "exits", "install_kick_handler", "kick_handler_installed"]
