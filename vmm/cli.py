@@ -11,6 +11,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput,
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
+from .gdb import cli as gdb_cli
 from .unpack import cli as unpack_cli
 from .v2e import cli as v2e_cli
 from .x86 import boot
@@ -112,6 +113,7 @@ def build_parser():
                      help="CPUID without the hypervisor bit and the hypervisor leaves (no kvmclock)")
     v2e_cli.add_run_options(run)
     unpack_cli.add_run_options(run)
+    gdb_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
@@ -181,8 +183,10 @@ def command_run(args):
                                               machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
-        v2e_cli.attach(machine, args, stack, image)
+        debugger = gdb_cli.attach(machine, args, stack, image)
+        engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
         unpack_cli.attach(machine, args, stack)
+        gdb_cli.start(debugger, engine, stack)
         exit_stats = None
         if args.stats or args.stats_json:
             exit_stats = ExitStats()

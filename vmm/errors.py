@@ -11,6 +11,7 @@ EXIT_KVM_ERROR = 6
 EXIT_GUEST_ASSERT = 8
 EXIT_NO_KVM = 10
 EXIT_OUTPUT = 12         # a dump or trace could not be written (disk full, directory gone)
+EXIT_GDB_KILL = 14       # killed from gdb (kill)
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130   # SIGINT
 EXIT_TERMINATED = 143    # SIGTERM

@@ -54,9 +54,9 @@ def add_run_options(run):
                        help=f"TSC cycles the guest sees a traced instruction take (default: {DEFAULT_TSC_PER_STEP})")
 
 
-def attach(machine, args, stack, image):
+def attach(machine, args, stack, image, **engine_options):
     """Start V2E on a machine loaded with `image` when --watch or --watch-symbol was given;
-    the stack writes the trace's summary."""
+    the stack writes the trace's summary. engine_options: more of V2E's (the callbacks...)."""
     ranges = list(args.watch)
     symbol_pages = _symbol_pages(args.watch_symbol, image, machine.memory.size, args.image)
     ranges += page_ranges(page for page in symbol_pages
@@ -66,7 +66,7 @@ def attach(machine, args, stack, image):
             raise BadInput("--trace needs at least one --watch range, --watch-symbol or --unpack")
         return None
     engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace,
-                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step)
+                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step, **engine_options)
     stack.callback(_close, engine, args.trace)
     return engine
 

@@ -24,7 +24,7 @@ from ..x86.registers import CR0_PE, RIP, general_registers_as_dict, special_regi
 from .backends import NoTrap, select_backend
 from .events import Decision, EmulateEvent, Step
 from .policy import StepEveryVcpu
-from .stepper import Stepper, new_instruction_memo
+from .stepper import REARM_AFTER_STEPS, Stepper, new_instruction_memo
 from .trace import TraceWriter
 from .watch import WatchSet
 
@@ -79,8 +79,12 @@ class V2E:
 
     def __init__(self, machine, ranges, backend="auto", trace_path=None,
                  max_instructions=DEFAULT_MAX_INSTRUCTIONS, on_event=None, on_instruction=None,
-                 tsc_per_step=DEFAULT_TSC_PER_STEP):
-        """backend None: no trap; nothing is watched until trace_region() says so."""
+                 tsc_per_step=DEFAULT_TSC_PER_STEP, rearm_after_steps=REARM_AFTER_STEPS, on_step=None):
+        """backend None: no trap; nothing is watched until trace_region() says so.
+        rearm_after_steps: instructions the vCPUs are stepped outside watched code before the
+        trap is armed again (0: at once; a debugger wants its own breakpoints back).
+        on_step(vcpu_id, values): every instruction any vCPU is stepped through, watched or
+        not (a debugger's own single-step ends there)."""
         if max_instructions < 1:
             raise VmmError(f"the instruction budget must be at least 1, got {max_instructions}")
         if not 0 <= tsc_per_step < 1 << 32:
@@ -92,6 +96,8 @@ class V2E:
         self.backend = NoTrap() if backend is None else select_backend(backend, machine, self.watch)
         self.max_instructions = max_instructions
         self.tsc_per_step = tsc_per_step
+        self.rearm_after_steps = rearm_after_steps
+        self._on_step = on_step
         self.on_event = on_event
         self.events = self.steps = 0
         self._traced = 0            # instructions recorded by events that ended
@@ -126,7 +132,8 @@ class V2E:
 
     def _new_stepper(self, loop):
         return Stepper(self, loop, self.machine.memory, self.watch.pages, self._memo, self._sync_regs,
-                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor)
+                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor,
+                       self.rearm_after_steps, self._on_step)
 
     @property
     def instructions(self):
@@ -182,7 +189,11 @@ class V2E:
         event = EmulateEvent(index, vcpu.id, self.backend.name, stepper.gpa, linear_rip(stepper.rip, sregs),
                              stepper.rip, cpu_mode(sregs)[0], general_registers_as_dict(stepper.values),
                              special_registers_as_dict(sregs), stepper.watched_page)
+        # Begun before the callback: while it runs (a debugger may hold the vCPU there) the
+        # event is under way, so no other vCPU re-arms the trap, and its time is hidden too.
+        stepper.begin(event, True)
         decision = (self.on_event(event) if self.on_event else None) or Decision.TRACE
+        stepper.record = decision is Decision.TRACE
         if self._recorders:
             memory = self.machine.memory
             pages = [(page, memory.read(page, PAGE_SIZE)) for page in sorted(self.watch.pages)]
@@ -190,10 +201,7 @@ class V2E:
                 recorder.event(event, decision, pages)
         if decision is Decision.STOP:
             self._stop_guest(event)
-            for recorder in self._recorders:
-                recorder.leave(event, "analysis-stop", stepper.rip, 0, 0)
-            return
-        stepper.begin(event, decision is Decision.TRACE)
+            stepper.end(stepper.rip, "analysis-stop")
 
     def instruction(self, stepper, values):
         """A recorded instruction (values: the registers after it): hand it to the recorders,
