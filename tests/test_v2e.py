@@ -5,7 +5,8 @@ import pytest
 
 import kvm_abi as abi
 from vmm.kvm import exits
-from vmm.v2e import V2E, Decision, page_bytes, read_trace
+from vmm.trace.reader import page_bytes, read_trace
+from vmm.v2e import V2E, Decision
 from vmm.v2e import engine as engine_module
 from vmm.v2e import stepper as stepper_module
 from conftest import GUESTS
@@ -95,7 +96,7 @@ def test_each_entry_is_one_event_tracing_exactly_the_payload(run_packed, name):
         assert insns[-1]["bytes"] == "c3", f"last traced instruction: expected ret (c3), got {insns[-1]['bytes']}"
     leaves = run.of_type("leave")
     assert [(r["reason"], r["instructions"]) for r in leaves] == [
-        ("left the watched pages", PAYLOAD_INSTRUCTIONS)] * entries, leaves
+        ("branch-out", PAYLOAD_INSTRUCTIONS)] * entries, leaves
     summary = run.records[-1]
     assert summary["type"] == "summary", f"last record: expected the summary, got {summary['type']}"
     assert (summary["events"], summary["instructions"]) == (entries, entries * PAYLOAD_INSTRUCTIONS), summary
@@ -105,7 +106,8 @@ def test_page_dump_is_the_decrypted_payload(run_packed):
     plain = run_packed("packed_long")
     run = run_packed("packed_long", page_range("packed_long"))
     pages = run.of_type("page")
-    assert [(p["event"], p["gpa"], p["size"]) for p in pages] == [(1, "0x200000", 4096)], pages
+    references = [event["pages"] for event in run.of_type("event")]
+    assert references == [[["0x200000", pages[0]["sha256"]]]] and len(pages) == 1, (references, pages)
     dump = page_bytes(pages[0])
     assert dump == plain.machine.memory.read(0x200000, 4096), "the dump differs from the unwatched run's page"
     image = (GUESTS / "packed_long.bin").read_bytes()
@@ -202,7 +204,7 @@ def test_hlt_inside_watched_code_halts_the_guest(machine, tmp_path):
     # mov; serial_puts over 22 characters; hlt
     assert len(insns) == 1 + 12 * 22 + 3 + 1, f"expected 269 traced instructions, got {len(insns)}"
     assert insns[-1]["bytes"] == "f4"
-    assert [r["reason"] for r in records if r["type"] == "leave"] == ["hlt"]
+    assert [r["reason"] for r in records if r["type"] == "leave"] == ["halt"]
 
 
 def test_other_internal_errors_stay_errors(machine):

@@ -11,7 +11,9 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput,
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
+from .trace import cli as trace_cli
 from .v2e import cli as v2e_cli
+from .version import PrintVersion
 from .x86 import boot
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
@@ -78,6 +80,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = _Parser(prog="vmm", description=package_doc)
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser("run", help="boot a guest image")
@@ -112,7 +115,7 @@ def build_parser():
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
     check.set_defaults(handler=doctor.command_doctor)
-    v2e_cli.add_trace_command(commands)
+    trace_cli.add_trace_command(commands)
     return parser
 
 

@@ -11,12 +11,17 @@ instruction goes to the recorders: the JSONL trace writer and the analyst's inst
 callback see the same stream. When RIP leaves the watched pages the trap is re-armed and the
 run loop drives the vCPU at full speed until the next entry.
 """
+import datetime
+import hashlib
 import threading
 
 import kvm_abi as abi
 
 from ..errors import EXIT_OK, VmmError
 from ..machine.outcome import Outcome, kvm_error
+from ..trace.writer import TraceWriter
+from ..version import version
+from ..x86.cpuid import vendor
 from ..x86.mode import cpu_mode
 from ..x86.paging import PAGE_SIZE
 from ..x86.registers import CR0_PE, RIP, general_registers_as_dict, special_registers_as_dict
@@ -24,10 +29,12 @@ from .backends import select_backend
 from .events import Decision, EmulateEvent, Step
 from .policy import ExclusiveTracing
 from .stepper import Stepper, new_instruction_memo
-from .trace import TraceWriter
 from .watch import WatchSet
 
 DEFAULT_MAX_STEPS = 100_000
+# Why the stepper gave the vCPU back -> the leave record's reason.
+_LEAVE_REASONS = {"left the watched pages": "branch-out", "hlt": "halt", "stopped by the analysis": "analysis-stop",
+                  "the run ended": "run-ended"}
 
 
 def _sync_regs_supported(machine):
@@ -48,7 +55,7 @@ class CallbackRecorder:
     def instruction(self, event, index, rip, gpa, code, values):
         return self._on_instruction(Step(event, index, rip, gpa, code, values))
 
-    def leave(self, event, reason, rip, instructions, steps):
+    def leave(self, event, reason, rip, instructions, steps, detail=None):
         pass
 
     def flush(self):
@@ -63,11 +70,12 @@ class V2E:
 
     on_event(event) -> Decision or None (None: TRACE); on_instruction(step) -> Decision or
     None, where SKIP stops recording this event and STOP stops the guest. Use it as a
-    context manager, or call finish(outcome) after Machine.run and close().
+    context manager, or call finish(outcome) after Machine.run and close(). image_path and
+    image (its bytes), when given, name the guest image in the trace's header.
     """
 
     def __init__(self, machine, ranges, backend="auto", trace_path=None, max_steps=DEFAULT_MAX_STEPS,
-                 on_event=None, on_instruction=None):
+                 on_event=None, on_instruction=None, image_path=None, image=None):
         if max_steps < 1:
             raise VmmError(f"the instruction budget must be at least 1, got {max_steps}")
         real_mode = not machine.vcpus[0].get_sregs().cr0 & CR0_PE
@@ -86,7 +94,7 @@ class V2E:
         self._active = {}           # vCPU id -> Stepper
         self._recorders = []
         if trace_path:
-            self._recorders.append(TraceWriter(trace_path))
+            self._recorders.append(TraceWriter(trace_path, self._trace_header(image_path, image)))
         if on_instruction:
             self._recorders.append(CallbackRecorder(on_instruction))
         self.records_steps = bool(self._recorders)   # read by the steppers
@@ -100,6 +108,13 @@ class V2E:
         except BaseException:
             self.close()
             raise
+
+    def _trace_header(self, image_path, image):
+        return {"vmm_version": version(), "image": image_path,
+                "image_sha256": None if image is None else hashlib.sha256(image).hexdigest(),
+                "watched": self.watch.ranges, "backend": self.backend.name,
+                "cpu_vendor": vendor(self.machine.kvm.supported_cpuid()),
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def _intercept_trap(self, loop):
         interception = loop.intercept(self.backend.exit_reason,
@@ -197,8 +212,9 @@ class V2E:
         self._record_leave(stepper, rip, reason)
 
     def _record_leave(self, stepper, rip, reason):
-        if stepper.steps > stepper.traced and reason == "left the watched pages":
-            reason += " (instruction budget reached or recording skipped)"
+        reason = _LEAVE_REASONS[reason]
+        if reason == "branch-out" and stepper.traced >= self.max_steps and stepper.steps > stepper.traced:
+            reason = "budget"
         for recorder in self._recorders:
             recorder.leave(stepper.event, reason, rip, stepper.traced, stepper.steps)
 

@@ -15,3 +15,19 @@ def cpuid_for_vcpu(supported, vcpu_id, vcpu_count):
             entry["edx"] = vcpu_id
         entries.append(entry)
     return entries
+
+
+_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon"}
+
+
+def vendor(supported):
+    """The CPU vendor from CPUID leaf 0 (EBX, EDX, ECX spell it): intel, amd, hygon, else the
+    vendor string's letters, digits and spaces in lower case, or "unknown"."""
+    for entry in supported:
+        if entry["function"] == 0:
+            name = b"".join(entry[register].to_bytes(4, "little") for register in ("ebx", "edx", "ecx"))
+            text = name.decode("ascii", "replace").strip("\0 ")
+            if text in _VENDORS:
+                return _VENDORS[text]
+            return "".join(c for c in text.lower() if c.isascii() and (c.isalnum() or c == " ")) or "unknown"
+    return "unknown"

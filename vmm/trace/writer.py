@@ -1,0 +1,181 @@
+"""The trace writer: the V2E engine's JSON Lines recorder (format 2, docs/trace-format.md).
+
+The header record is written and flushed when the writer is made, so even the trace of a
+killed run says what it is. Page contents are written once per distinct sha256 and events
+refer to them. An insn record holds only what its instruction changed; its line comes from a
+%-template chosen by which registers changed (found by comparing the register tuples in C,
+with map and compress), so a step costs no per-register Python work. insn lines are handed
+to the file in groups; every other record, flush() and close() write what waits first.
+"""
+import base64
+import hashlib
+import json
+import threading
+from itertools import compress
+from operator import ne
+from types import SimpleNamespace
+
+from ..errors import BadInput
+from ..x86.mode import cpu_mode
+from ..x86.registers import GENERAL_REGISTERS, RIP
+from .format import header_constant, hex_or_none
+
+# insn lines wait in memory in groups of this many (about 25 KiB on a register-only loop).
+PENDING_INSN_LINES = 256
+
+
+def _insn_template(mask, falls_through, fields=False):
+    """The %-template of an insn line whose changed registers are the non-zero bytes of mask
+    (in GENERAL_REGISTERS order). Its arguments: event, step, rip, [the gpa field,] the bytes in hex,
+    the changed values in order[, the mem field] (the bracketed ones when `fields`). When the
+    instruction falls through, the new rip is implied (rip + length): its value is consumed
+    without being written (%.0s)."""
+    pieces, written = [], 0
+    for name, changed in zip(GENERAL_REGISTERS, mask):
+        if not changed:
+            continue
+        if name == "rip" and falls_through:
+            pieces.append("%.0s")
+            continue
+        pieces.append(("," if written else "") + f'"{name}":"%#x"')
+        written += 1
+    registers = ',"regs":{' + "".join(pieces) + "}" if written else "".join(pieces)
+    if fields:
+        return '{"type":"insn","event":%d,"step":%d,"rip":"%#x"%s,"bytes":"%s"' + registers + "%s}\n"
+    return '{"type":"insn","event":%d,"step":%d,"rip":"%#x","bytes":"%s"' + registers + "}\n"
+
+
+def _code_bits(sregs):
+    """The code size (16, 32, 64) from the special registers as the event carries them."""
+    return cpu_mode(SimpleNamespace(cr0=sregs["cr0"], efer=sregs["efer"], cs=SimpleNamespace(**sregs["cs"])))[1]
+
+
+def _hex_tree(values):
+    return {name: _hex_tree(value) if isinstance(value, dict) else f"{value:#x}" for name, value in values.items()}
+
+
+class TraceWriter:
+    """Writes one trace file. The engine calls event(), then instruction() for each traced
+    instruction and leave() for that event (events do not interleave: while one vCPU traces,
+    the others wait), and close(summary) at the end; flush() makes what is recorded visible.
+
+    header: vmm_version, image (path or None), image_sha256 (or None), watched [(start, end)]
+    as numbers, backend, cpu_vendor and started (ISO 8601)."""
+
+    def __init__(self, path, header):
+        self.path = path
+        try:
+            self._file = open(path, "w", encoding="ascii")
+        except OSError as error:
+            raise BadInput(f"{path}: cannot write the trace: {error.strerror}") from None
+        self._lock = threading.Lock()
+        self._pending = []          # lines not yet handed to the file
+        self._stored = set()        # sha256 of the page contents already written
+        # Per event: the registers after the previous record, and gpa - rip of the previous record.
+        self._previous = None
+        self._offset = 0
+        # Templates by the changed-register mask: [jumps, falls through] (indexed by a bool);
+        # and those with the gpa and mem fields, by (mask, falls through).
+        self._templates = ({}, {})
+        self._field_templates = {}
+        self._write({"type": "header", "format": header_constant("format"), "version": header_constant("version"),
+                     "vmm_version": header["vmm_version"], "image": header["image"],
+                     "image_sha256": header["image_sha256"],
+                     "watched": [[f"{start:#x}", f"{end:#x}"] for start, end in header["watched"]],
+                     "backend": header["backend"], "cpu_vendor": header["cpu_vendor"], "started": header["started"]})
+
+    # -- the recorder interface ----------------------------------------------
+
+    def event(self, event, decision, pages):
+        """The event record (the full register state), then a page record for each of the
+        watched pages' contents (gpa, bytes) not written before."""
+        references, new = [], []
+        for gpa, data in pages:
+            digest = hashlib.sha256(data).hexdigest()
+            references.append([f"{gpa:#x}", digest])
+            if digest not in self._stored:
+                self._stored.add(digest)
+                new.append({"type": "page", "sha256": digest, "size": len(data),
+                            "data": base64.b64encode(data).decode("ascii")})
+        self._previous = tuple(event.regs[name] for name in GENERAL_REGISTERS)
+        self._offset = event.gpa - event.rip
+        self._write({
+            "type": "event", "event": event.index, "vcpu": event.vcpu_id, "backend": event.backend,
+            "gpa": f"{event.gpa:#x}", "gva": hex_or_none(event.gva), "rip": f"{event.rip:#x}",
+            "mode": event.mode, "bits": _code_bits(event.sregs), "decision": decision.value,
+            "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs), "pages": references}, *new)
+
+    def instruction(self, event, index, rip, gpa, code, values, memory=()):
+        """An insn record; values: the registers after it, in GENERAL_REGISTERS order; memory:
+        (linear address, size, bytes after) per memory operand. The hot path: one template
+        lookup and one %-format."""
+        mask = bytes(map(ne, values, self._previous))
+        self._previous = values
+        template = self._templates[values[RIP] == rip + len(code)].get(mask)
+        if template is None or gpa - rip != self._offset or memory:
+            line = self._uncommon_line(event.index, index, rip, gpa, code, values, memory, mask)
+        else:
+            line = template % (event.index, index, rip, code.hex(), *compress(values, mask))
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= PENDING_INSN_LINES:
+            with self._lock:
+                self._write_pending()
+
+    def leave(self, event, reason, rip, instructions, steps, detail=None):
+        record = {"type": "leave", "event": event.index, "reason": reason}
+        if detail is not None:
+            record["detail"] = detail
+        record.update(rip=f"{rip:#x}", instructions=instructions, steps=steps)
+        self._write(record)
+
+    def flush(self):
+        with self._lock:
+            self._write_pending()
+
+    def close(self, summary):
+        """Write the summary as the last record and close the file (later calls do nothing)."""
+        with self._lock:
+            if self._file is None:
+                return
+        self._write({"type": "summary", **summary})
+        with self._lock:
+            self._file.close()
+            self._file = None
+
+    # -- the rest --------------------------------------------------------------
+
+    def _uncommon_line(self, event, index, rip, gpa, code, values, memory, mask):
+        """An insn line off the hot path: a new set of changed registers, a new gpa - rip, memory
+        operands, or a branch to itself (a new rip equal to the old one: written, not implied)."""
+        falls_through = values[RIP] == rip + len(code)
+        if not mask[RIP] and not falls_through:
+            mask = mask[:RIP] + b"\1" + mask[RIP + 1:]
+        elif mask not in self._templates[falls_through]:
+            self._templates[falls_through][mask] = _insn_template(mask, falls_through)
+        gpa_field = ""
+        if gpa - rip != self._offset:
+            self._offset = gpa - rip
+            gpa_field = f',"gpa":"{gpa:#x}"'
+        memory_field = ""
+        if memory:
+            memory_field = ',"mem":' + json.dumps(
+                [[f"{address:#x}", size, None if data is None else data.hex()] for address, size, data in memory],
+                separators=(",", ":"))
+        template = self._field_templates.get((mask, falls_through))
+        if template is None:
+            template = self._field_templates[(mask, falls_through)] = _insn_template(mask, falls_through, True)
+        return template % (event, index, rip, gpa_field, code.hex(), *compress(values, mask), memory_field)
+
+    def _write(self, *records):
+        lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
+        with self._lock:
+            self._pending.extend(lines)
+            self._write_pending()
+
+    def _write_pending(self):
+        """Write and flush the waiting lines (the lock is held)."""
+        if self._file is not None:
+            self._file.write("".join(self._pending))
+            self._file.flush()
+        self._pending.clear()
