@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trace_samples import HEADER, PAGE, event, loop_steps, write_loop_trace
+from trace_samples import HEADER, PAGE, event, loop_steps, random_steps
 from vmm.errors import BadInput
 from vmm.trace.reader import TraceReader, read_trace
 from vmm.trace.writer import PENDING_INSN_LINES, TraceWriter
@@ -70,26 +70,6 @@ def test_gpa_and_memory_operands_are_written_when_present(tmp_path):
                 "mem": [["0x7ff8", 8, "0001020304050607"], ["0x9000", 2, None]]})]
 
 
-def random_steps(rng, count):
-    """(rip, gpa, code, registers after) of random instructions: random registers change,
-    sometimes rip jumps (also to itself), sometimes the page mapping moves."""
-    values = [rng.getrandbits(64) for _ in range(16)] + [PAGE, 2]
-    rip, offset = PAGE, 0
-    steps = []
-    for _ in range(count):
-        code = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 15)))
-        for index in rng.sample(range(18), rng.choice((0, 0, 1, 2, 3, 18))):
-            if index != RIP:
-                values[index] = rng.choice((0, 1, MASK64, rng.getrandbits(64), rng.getrandbits(20)))
-        choice = rng.random()
-        values[RIP] = rip if choice < 0.05 else rng.getrandbits(64) if choice < 0.3 else rip + len(code)
-        if rng.random() < 0.05:
-            offset = rng.getrandbits(32) - rip
-        steps.append((rip, rip + offset, code, tuple(values)))
-        rip = values[RIP]
-    return values, steps
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_every_steps_full_state_comes_back_from_the_changes(tmp_path, seed):
     rng = random.Random(seed)
@@ -98,9 +78,7 @@ def test_every_steps_full_state_comes_back_from_the_changes(tmp_path, seed):
     start = tuple([rng.getrandbits(64) for _ in range(16)] + [PAGE, 2])
     entry = event(1, values=start)
     writer.event(entry, Decision.TRACE, [(PAGE, bytes(4096))])
-    _, steps = random_steps(rng, 2000)
-    # the first step starts where the event is
-    steps[0] = (PAGE, PAGE) + steps[0][2:]
+    steps = random_steps(rng, 2000)
     for index, (rip, gpa, code, values) in enumerate(steps, 1):
         writer.instruction(entry, index, rip, gpa, code, values)
     writer.leave(entry, "branch-out", steps[-1][3][RIP], len(steps), len(steps))
@@ -173,6 +151,7 @@ def test_close_writes_the_summary_last_once(tmp_path):
 
 
 def test_a_synthetic_loop_trace_reads_back(tmp_path):
+    from trace_samples import write_loop_trace
     path = tmp_path / "t.jsonl"
     total = write_loop_trace(path, 3, events=2)
     assert [r["type"] for r in read_trace(path)] == (

@@ -2,10 +2,11 @@
 them and instruction streams of known registers, for the trace tests that need no KVM."""
 from vmm.trace.writer import TraceWriter
 from vmm.v2e.events import Decision, EmulateEvent
-from vmm.x86.registers import (CONTROL_REGISTERS, DESCRIPTOR_TABLES, EFER_LMA, GENERAL_REGISTERS,
+from vmm.x86.registers import (CONTROL_REGISTERS, DESCRIPTOR_TABLES, EFER_LMA, GENERAL_REGISTERS, RIP,
                                SEGMENT_FIELDS, SEGMENT_REGISTERS, SYSTEM_SEGMENTS)
 
 PAGE = 0x200000
+MASK64 = (1 << 64) - 1
 HEADER = {"vmm_version": "0.1.0", "image": None, "image_sha256": None, "watched": [(PAGE, PAGE + 0x1000)],
           "backend": "stock", "cpu_vendor": "amd", "started": "2026-12-01T08:00:00+00:00"}
 
@@ -68,3 +69,23 @@ def write_loop_trace(path, turns, events=1, summary=True):
     else:
         writer.flush()
     return total
+
+
+def random_steps(rng, count, start=PAGE):
+    """(rip, gpa, code, registers after) of random instructions from `start`: random registers
+    change, sometimes rip jumps (also to itself), sometimes the page mapping moves."""
+    values = [rng.getrandbits(64) for _ in range(16)] + [start, 2]
+    rip, offset = start, 0
+    steps = []
+    for _ in range(count):
+        code = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 15)))
+        for index in rng.sample(range(18), rng.choice((0, 0, 1, 2, 3, 18))):
+            if index != RIP:
+                values[index] = rng.choice((0, 1, MASK64, rng.getrandbits(64), rng.getrandbits(20)))
+        choice = rng.random()
+        values[RIP] = rip if choice < 0.05 else rng.getrandbits(64) if choice < 0.3 else rip + len(code)
+        if steps and rng.random() < 0.05:
+            offset = rng.getrandbits(32) - rip
+        steps.append((rip, rip + offset, code, tuple(values)))
+        rip = values[RIP]
+    return steps

@@ -14,6 +14,7 @@ the file, so that a long trace costs a handful of objdump runs and no memory but
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -197,10 +198,12 @@ class Lookahead:
         self._bits = None        # of the last event read ahead
         self._rest = b""         # a block's last, unfinished line
         self._seen = set()       # (bits, hex bytes) looked at
+        self._file = None        # a pipe cannot be read twice: then each instruction on its own
         try:
-            self._file = open(path, "rb")
+            if stat.S_ISREG(os.stat(path).st_mode):
+                self._file = open(path, "rb")
         except OSError:
-            self._file = None
+            pass
 
     def instruction(self, bits, code, line):
         """The Instruction of code in bits-bit code, met at `line` of the file."""

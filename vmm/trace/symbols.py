@@ -1,12 +1,14 @@
 """Addresses as `symbol+offset`, from an ELF image's symbol table."""
 import bisect
 import hashlib
+import os
+import stat
 
 from ..errors import BadInput
 from ..loaders import elf
 
-# An image larger than this is not read for its symbols (guest RAM is at most 3 GiB anyway).
-MAX_IMAGE = 1 << 32
+# An image larger than this is not read for its symbols.
+MAX_IMAGE = 1 << 30
 
 
 class SymbolTable:
@@ -32,14 +34,18 @@ class SymbolTable:
 
 
 def _read(path, what):
+    """The bytes of a regular file of at most MAX_IMAGE bytes (not a FIFO or a device, which a
+    trace's header could name)."""
     try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            raise BadInput(f"{path}: cannot read {what}: not a regular file")
+        if status.st_size > MAX_IMAGE:
+            raise BadInput(f"{path}: cannot read {what}: larger than {MAX_IMAGE >> 30} GiB")
         with open(path, "rb") as image:
-            data = image.read(MAX_IMAGE + 1)
+            return image.read(MAX_IMAGE + 1)
     except OSError as error:
         raise BadInput(f"{path}: cannot read {what}: {error.strerror}") from None
-    if len(data) > MAX_IMAGE:
-        raise BadInput(f"{path}: larger than {MAX_IMAGE >> 30} GiB: not an image")
-    return data
 
 
 def from_file(path):

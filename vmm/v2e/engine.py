@@ -32,7 +32,7 @@ from .stepper import Stepper, new_instruction_memo
 from .watch import WatchSet
 
 DEFAULT_MAX_STEPS = 100_000
-# Why the stepper gave the vCPU back -> the leave record's reason.
+# Why the stepper gave the vCPU back -> the leave record's reason (any other is one already).
 _LEAVE_REASONS = {"left the watched pages": "branch-out", "hlt": "halt", "stopped by the analysis": "analysis-stop",
                   "the run ended": "run-ended"}
 
@@ -55,7 +55,7 @@ class CallbackRecorder:
     def instruction(self, event, index, rip, gpa, code, values):
         return self._on_instruction(Step(event, index, rip, gpa, code, values))
 
-    def leave(self, event, reason, rip, instructions, steps, detail=None):
+    def leave(self, event, reason, rip, instructions, steps):
         pass
 
     def flush(self):
@@ -212,7 +212,7 @@ class V2E:
         self._record_leave(stepper, rip, reason)
 
     def _record_leave(self, stepper, rip, reason):
-        reason = _LEAVE_REASONS[reason]
+        reason = _LEAVE_REASONS.get(reason, reason)
         if reason == "branch-out" and stepper.traced >= self.max_steps and stepper.steps > stepper.traced:
             reason = "budget"
         for recorder in self._recorders:
