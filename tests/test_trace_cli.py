@@ -202,7 +202,7 @@ def test_diff_shows_the_first_divergence_with_both_sides(traces, tmp_path):
     result = vmm("trace", "diff", traces["wide"], changed, "--context", "2")
     assert result.returncode == 1, result.stderr
     text = result.stdout.decode().splitlines()
-    assert text[2] == "the traces diverge at instruction 100 of those both hold in 0x200000-0x201000:"
+    assert text[2] == "the traces diverge at vCPU 0's instruction 100 of those both hold in 0x200000-0x201000:"
     # A watched the loader's page too: the payload runs inside the event that entered there.
     assert text[3].startswith("  A: event 1 (vCPU 0, entered at 0x100000), step "), text[3]
     assert text[4].startswith("  B: event 1 (vCPU 0, entered at 0x200000), step 100, line ")

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from trace_samples import HEADER, PAGE, event, random_steps
+from trace_samples import HEADER, PAGE, event, random_steps, summary
 from vmm.cli import main
 from vmm.trace.writer import TraceWriter
 from vmm.v2e.events import Decision
@@ -29,7 +29,7 @@ def sample(path, rng):
     total = steps = 0
     for index in range(1, 4):
         entry = event(index)
-        decision = Decision.SKIP if index == 2 else Decision.TRACE
+        decision = Decision.UNRECORDED if index == 2 else Decision.TRACE
         writer.event(entry, decision, pages)
         count = 0
         if decision is Decision.TRACE:
@@ -40,8 +40,7 @@ def sample(path, rng):
                      "#PF" if index == 3 else None)
         total, steps = total + count, steps + count + 1
         pages = [(PAGE, bytes(4096)), (PAGE + 0x1000, bytes(4096))]
-    writer.close({"backend": "stock", "events": 3, "instructions": total, "steps": steps, "max_steps": 100,
-                  "watched": [["0x200000", "0x202000"]], "outcome": "halt", "exit_status": 0, "message": "m"})
+    writer.close(summary(3, total, steps, watched=[(PAGE, PAGE + 0x2000)]))
 
 
 def other_value(rng):

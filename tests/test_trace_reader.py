@@ -66,7 +66,9 @@ BAD = [
     (EVENT_1, with_field("regs", {"rax": "0x1"}), 'event record: regs: missing "rbx"'),
     (EVENT_1, with_field("bits", 48), "event record: bits: expected one of 16, 32, 64, got 48"),
     (EVENT_1, with_field("mode", "real"), "event 1: 64-bit code in real mode"),
-    (EVENT_1, with_field("event", 2), "event 2 after event 0"),
+    (EVENT_2, with_field("event", 1), "event 1 appears twice"),
+    (LEAVE_1, lambda record: "", "event 2 on vCPU 0 begins before event 1, the vCPU's previous one, has its leave",
+     LEAVE_1),
     (EVENT_1, with_field("backend", "patched"), "event 1: backend patched, but the header says stock"),
     (EVENT_1, with_field("pages", [["0x200800", "0" * 64]]), "page 0x200800 is not page aligned"),
     (PAGE_1, page_data("!!!"), "page record: data: expected the contents in base64"),
@@ -84,7 +86,7 @@ BAD = [
     (INSN_1, with_field("bytes", "90" * 16), "insn record: bytes: expected instruction bytes"),
     (INSN_1, with_field("step", 2), "event 1: step 2 after step 0"),
     (INSN_1, with_field("step", "1"), 'insn record: step: expected an integer, got a string "1"'),
-    (INSN_1, with_field("event", 2), "an insn record of event 2, which is not the event being traced"),
+    (INSN_1, with_field("event", 2), "an insn record of event 2, which is not an event being traced"),
     (INSN_2, with_field("rip", "0x200006"), "rip 0x200006, but the previous instruction went on at 0x200005"),
     (INSN_2, with_field("mem", [["0x10", 2, "00"]]), "memory operand at 0x10 holds 1 bytes, size says 2"),
     (INSN_2, with_field("mem", [["0x10", 2]]), "insn record: mem[0]: 2 items, at least 3 needed"),
@@ -92,9 +94,9 @@ BAD = [
     (LEAVE_1, with_field("steps", 1), "event 1: 1 steps, fewer than its 5 instructions"),
     (LEAVE_1, with_field("reason", "left"), "leave record: reason: expected one of"),
     (LEAVE_1, lambda record: json.dumps(record) + "\n" + json.dumps(record) + "\n",
-     "a leave record for event 1, which is not the event being traced", LEAVE_1 + 1),
+     "a leave record for event 1, which is not an event being traced", LEAVE_1 + 1),
     (EVENT_2, lambda record: {"type": "insn", "event": 1, "step": 6, "rip": "0x200009", "bytes": "90"},
-     "an insn record of event 1, which is not the event being traced"),
+     "an insn record of event 1, which is not an event being traced"),
     (SUMMARY, with_field("watched", 5), "summary record: watched: expected an array, got an integer 5"),
     (SUMMARY, with_field("events", 3), "the summary counts 3 events and 10 instructions, the trace holds 2 and 10"),
     (SUMMARY, with_field("watched", [["0x200000", "0x202000"]]), "backend or watched ranges differ"),
@@ -158,3 +160,45 @@ def test_a_trace_without_its_summary_is_read_as_incomplete(sample):
     sample.write_text("".join(lines[:INSN_3]))
     reader = TraceReader(sample)
     assert len(list(reader)) == INSN_3 and reader.truncated is None and not reader.complete
+
+
+def test_events_of_different_vcpus_may_interleave(tmp_path):
+    """Each vCPU traces its own event at the same time: their records interleave, each event's
+    registers rebuilt from its own."""
+    from trace_samples import HEADER, PAGE, event, loop_steps, summary
+    from vmm.trace.writer import TraceWriter
+    from vmm.v2e.events import Decision
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path, HEADER)
+    events = [event(1, vcpu=0), event(2, vcpu=1, values=(7,) * 16 + (PAGE, 2))]
+    streams = [list(loop_steps(3)), list(loop_steps(3, rcx=9))]
+    for entry in reversed(events):     # numbered in order, written in any order
+        writer.event(entry, Decision.TRACE, [(PAGE, bytes(4096))])
+    for step in range(len(streams[0])):
+        for entry, steps in zip(events, streams):
+            rip, code, values = steps[step]
+            writer.instruction(entry, step + 1, rip, rip, code, values)
+    for entry in events:
+        writer.leave(entry, "branch-out", PAGE + 9, len(streams[0]), len(streams[0]))
+    writer.close(summary(2, 2 * len(streams[0])))
+    read = {1: [], 2: []}
+    for record in TraceReader(path):
+        if isinstance(record, Insn):
+            read[record.event.index].append(record.regs)
+    assert read == {1: [values for _, _, values in streams[0]], 2: [values for _, _, values in streams[1]]}
+    order = [json.loads(line).get("event") for line in path.read_text().splitlines()]
+    # header, event 2 and its page, event 1, then the instructions of 1 and 2 in turn
+    assert order[:4] == [None, 2, None, 1] and order[4:4 + 14] == [1, 2] * 7, order
+
+
+def test_a_missing_event_number_is_found_at_the_summary(tmp_path):
+    from trace_samples import HEADER, PAGE, event, summary
+    from vmm.trace.writer import TraceWriter
+    from vmm.v2e.events import Decision
+    path = tmp_path / "t.jsonl"
+    writer = TraceWriter(path, HEADER)
+    for index in (1, 3):
+        writer.event(event(index), Decision.UNRECORDED, [(PAGE, bytes(4096))])
+        writer.leave(event(index), "branch-out", 0x100000, 0, 1)
+    writer.close(summary(2, 0, 2))
+    fails(path, 7, "event 2 is missing")

@@ -1,5 +1,5 @@
 """The JSON Schema validator the trace schema compiles into, and the schema's agreement with the
-facts it restates (register names, the engine's leave reasons)."""
+facts it restates (the register names)."""
 import copy
 import json
 
@@ -7,7 +7,6 @@ import pytest
 
 from vmm.trace.format import SCHEMA_PATH, schema_document
 from vmm.trace.schema import Schema
-from vmm.v2e import engine
 from vmm.x86.registers import CONTROL_REGISTERS, GENERAL_REGISTERS, SEGMENT_FIELDS, SEGMENT_REGISTERS, SYSTEM_SEGMENTS
 
 
@@ -86,12 +85,6 @@ def test_the_schema_names_the_registers_the_vmm_has():
     assert defs["segment"]["required"] == list(SEGMENT_FIELDS)
     special = defs["special_registers"]["required"]
     assert special == list(SEGMENT_REGISTERS + SYSTEM_SEGMENTS) + ["gdt", "idt"] + list(CONTROL_REGISTERS)
-
-
-def test_every_leave_reason_the_engine_gives_is_in_the_schema():
-    reasons = schema_document()["$defs"]["leave"]["properties"]["reason"]["enum"]
-    given = set(engine._LEAVE_REASONS.values()) | {"budget"}
-    assert given <= set(reasons), given - set(reasons)
 
 
 def test_a_changed_schema_changes_what_is_valid():

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trace_samples import HEADER, PAGE, event, loop_steps, random_steps
+from trace_samples import HEADER, PAGE, event, loop_steps, random_steps, summary
 from vmm.errors import BadInput
 from vmm.trace.reader import TraceReader, read_trace
 from vmm.trace.writer import PENDING_INSN_LINES, TraceWriter
@@ -82,9 +82,7 @@ def test_every_steps_full_state_comes_back_from_the_changes(tmp_path, seed):
     for index, (rip, gpa, code, values) in enumerate(steps, 1):
         writer.instruction(entry, index, rip, gpa, code, values)
     writer.leave(entry, "branch-out", steps[-1][3][RIP], len(steps), len(steps))
-    writer.close({"backend": "stock", "events": 1, "instructions": len(steps), "steps": len(steps),
-                  "max_steps": 100000, "watched": [["0x200000", "0x201000"]], "outcome": "halt",
-                  "exit_status": 0, "message": "halted"})
+    writer.close(summary(1, len(steps)))
     read = [(r.rip, r.gpa, r.code, r.regs) for r in TraceReader(path) if type(r).__name__ == "Insn"]
     assert len(read) == len(steps)
     for number, (got, wanted) in enumerate(zip(read, steps), 1):
@@ -129,10 +127,9 @@ def test_page_contents_are_stored_once_per_sha256(tmp_path):
     same, other = bytes(4096), b"\xc3" + bytes(4095)
     for index, pages in enumerate([[(PAGE, same), (PAGE + 0x1000, same)], [(PAGE, same), (PAGE + 0x1000, other)],
                                    [(PAGE, other), (PAGE + 0x1000, same)]], 1):
-        writer.event(event(index), Decision.SKIP, pages)
+        writer.event(event(index), Decision.UNRECORDED, pages)
         writer.leave(event(index), "branch-out", 0x100000, 0, 1)
-    writer.close({"backend": "stock", "events": 3, "instructions": 0, "steps": 3, "max_steps": 10,
-                  "watched": [["0x200000", "0x202000"]], "outcome": "halt", "exit_status": 0, "message": "m"})
+    writer.close(summary(3, 0, 3, watched=[(PAGE, PAGE + 0x2000)]))
     records = read_trace(path)
     assert [r["type"] for r in records] == ["header", "event", "page", "leave", "event", "page", "leave",
                                             "event", "leave", "summary"]
@@ -144,8 +141,7 @@ def test_page_contents_are_stored_once_per_sha256(tmp_path):
 def test_close_writes_the_summary_last_once(tmp_path):
     path = tmp_path / "t.jsonl"
     writer = TraceWriter(path, HEADER)
-    writer.close({"backend": "stock", "events": 0, "instructions": 0, "steps": 0, "max_steps": 1,
-                  "watched": [["0x200000", "0x201000"]], "outcome": "halt", "exit_status": 0, "message": "m"})
+    writer.close(summary(0, 0))
     writer.close({"backend": "stock"})
     assert [r["type"] for r in read_trace(path)] == ["header", "summary"]
 

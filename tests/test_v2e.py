@@ -139,12 +139,12 @@ def test_watching_is_transparent(run_packed, name):
     assert watched.machine.memory.unmapped_pages == frozenset(), "the watched page is still out of the memslots"
 
 
-def test_event_callback_sees_the_event_and_skip_runs_untraced(run_packed):
+def test_event_callback_sees_the_event_and_unrecorded_events_are_stepped_not_recorded(run_packed):
     seen = []
 
     def on_event(event):
         seen.append(event)
-        return Decision.SKIP
+        return Decision.UNRECORDED
 
     run = run_packed("packed_twice", page_range("packed_twice"), on_event=on_event)
     assert run.output == expected_output(2)
@@ -152,7 +152,7 @@ def test_event_callback_sees_the_event_and_skip_runs_untraced(run_packed):
         (1, 0x200000, 0x200000, 0x200000, "stock", "long"), (2, 0x200000, 0x200000, 0x200000, "stock", "long")]
     assert seen[0].regs["rip"] == 0x200000 and seen[0].sregs["cr3"] == 0x2000, seen[0].sregs
     assert (run.engine.events, run.engine.instructions, run.engine.steps) == (2, 0, 2 * PAYLOAD_INSTRUCTIONS)
-    assert [e["decision"] for e in run.of_type("event")] == ["skip", "skip"]
+    assert [e["decision"] for e in run.of_type("event")] == ["unrecorded", "unrecorded"]
 
 
 def test_event_callback_can_stop_the_guest(run_packed):
@@ -177,13 +177,13 @@ def test_instruction_callback_sees_each_step_and_can_stop(run_packed):
 
 def test_instruction_callback_skip_stops_recording(run_packed):
     run = run_packed("packed_long", page_range("packed_long"),
-                     on_instruction=lambda step: Decision.SKIP if step.index == 7 else None)
+                     on_instruction=lambda step: Decision.UNRECORDED if step.index == 7 else None)
     assert run.output == expected_output()
     assert (run.engine.instructions, run.engine.steps) == (7, PAYLOAD_INSTRUCTIONS)
 
 
 def test_budget_bounds_the_trace_and_the_guest_still_finishes(run_packed):
-    run = run_packed("packed_twice", page_range("packed_twice"), max_steps=100)
+    run = run_packed("packed_twice", page_range("packed_twice"), max_instructions=100)
     assert run.output == expected_output(2)
     assert [(r["instructions"], r["steps"]) for r in run.of_type("leave")] == [(100, PAYLOAD_INSTRUCTIONS)] * 2
     assert len(run.of_type("insn")) == 200

@@ -1,6 +1,6 @@
-"""`vmm run --watch/--trace/--backend/--max-steps` as real processes: errors are one line,
-and the trace file ends with its summary however the run ends (tests/test_trace_cli.py has
-the `vmm trace` commands)."""
+"""`vmm run --watch/--trace/--backend/--max-instructions` as real processes: errors are one
+line, and the trace file ends with its summary however the run ends (tests/test_trace_cli.py
+has the `vmm trace` commands)."""
 import json
 import os
 import signal
@@ -114,7 +114,7 @@ def test_triple_fault_inside_the_trace_still_ends_with_the_summary(tmp_path):
 
 def test_timeout_inside_a_budgeted_trace_ends_with_the_summary(tmp_path):
     path = tmp_path / "timeout.jsonl"
-    result = vmm("run", guest("forever"), "--watch", "0x100000", "--trace", str(path), "--max-steps", "40",
+    result = vmm("run", guest("forever"), "--watch", "0x100000", "--trace", str(path), "--max-instructions", "40",
                  "--timeout", "0.5")
     assert result.returncode == 124, result.stderr
     records = records_of(path)
@@ -127,7 +127,7 @@ def test_timeout_inside_a_budgeted_trace_ends_with_the_summary(tmp_path):
 def test_signals_end_the_run_with_a_complete_trace(tmp_path, signum, status, outcome):
     path = tmp_path / "signal.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "vmm", "run", guest("forever"), "--watch", "0x100000",
-                                "--trace", str(path), "--max-steps", "20"],
+                                "--trace", str(path), "--max-instructions", "20"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20

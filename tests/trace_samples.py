@@ -29,8 +29,17 @@ def special_registers(bits):
 def event(index, rip=PAGE, gpa=None, bits=64, values=None, vcpu=0):
     values = values or (0,) * 16 + (rip, 2)
     mode = {16: "real", 32: "protected", 64: "long"}[bits]
-    return EmulateEvent(index, vcpu, "stock", rip if gpa is None else gpa, rip, rip, mode,
-                        dict(zip(GENERAL_REGISTERS, values)), special_registers(bits))
+    gpa = rip if gpa is None else gpa
+    return EmulateEvent(index, vcpu, "stock", gpa, rip, rip, mode, dict(zip(GENERAL_REGISTERS, values)),
+                        special_registers(bits), gpa & ~0xFFF)
+
+
+def summary(events, instructions, steps=None, watched=((PAGE, PAGE + 0x1000),), outcome="halt"):
+    """A summary as the engine gives it."""
+    return {"backend": "stock", "events": events, "instructions": instructions,
+            "steps": instructions if steps is None else steps, "max_instructions": 100000, "tsc_per_step": 20,
+            "watched": [[f"{start:#x}", f"{end:#x}"] for start, end in watched], "outcome": outcome,
+            "exit_status": 0, "message": "the guest halted"}
 
 
 def loop_steps(turns, start=PAGE, rcx=None):
@@ -48,7 +57,7 @@ def loop_steps(turns, start=PAGE, rcx=None):
         yield start + 7, b"\x75\xfc", tuple(values)
 
 
-def write_loop_trace(path, turns, events=1, summary=True):
+def write_loop_trace(path, turns, events=1, complete=True):
     """A trace of `events` events, each running loop_steps(turns) in the watched page."""
     writer = TraceWriter(path, HEADER)
     code = bytearray(0x1000)
@@ -62,10 +71,8 @@ def write_loop_trace(path, turns, events=1, summary=True):
             writer.instruction(entry, count, rip, rip, step_code, values)
         writer.leave(entry, "branch-out", PAGE + 9, count, count)
         total += count
-    if summary:
-        writer.close({"backend": "stock", "events": events, "instructions": total, "steps": total,
-                      "max_steps": 1 << 40, "watched": [["0x200000", "0x201000"]], "outcome": "halt",
-                      "exit_status": 0, "message": "the guest halted"})
+    if complete:
+        writer.close(summary(events, total))
     else:
         writer.flush()
     return total

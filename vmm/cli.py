@@ -110,6 +110,8 @@ def build_parser():
                      help="COM1 input: a file, or - for stdin (default: none)")
     run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS", help="stop the guest after this long")
     run.add_argument("--verbose", "-v", action="store_true", help="report the run's end and unclaimed accesses")
+    run.add_argument("--hide-hypervisor", action="store_true",
+                     help="CPUID without the hypervisor bit and the hypervisor leaves (no kvmclock)")
     v2e_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
@@ -177,7 +179,7 @@ def command_run(args):
         modules = loaders.read_modules(args.initrd, args.mem)
         machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
                                               kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
-                                              machine_type=machine_type))
+                                              machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
         v2e_cli.attach(machine, args, stack, image)

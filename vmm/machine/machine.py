@@ -47,13 +47,14 @@ class _VcpuThread(threading.Thread):
 
 class Machine:
     def __init__(self, mem_size=DEFAULT_MEM, serial_output=None, serial_input=None, vcpus=1,
-                 kvm_path="/dev/kvm", machine_type="bare"):
+                 kvm_path="/dev/kvm", machine_type="bare", hide_hypervisor=False):
         if machine_type not in pc.MACHINES:
             raise BadInput(f"unknown machine {machine_type!r}: choose one of {', '.join(pc.MACHINES)}")
         if not 0 < mem_size <= MAX_MEM or mem_size % PAGE_SIZE:
             raise BadInput(f"guest memory of {mem_size} bytes: must be a multiple of 4 KiB "
                            f"between 4 KiB and {MAX_MEM >> 30} GiB")
         self.outcome = None
+        self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
         self._resources = contextlib.ExitStack()
         try:
@@ -104,7 +105,7 @@ class Machine:
         stack = boot.DEFAULT_STACK[mode] if stack is None else stack
         supported = self.kvm.supported_cpuid()
         for vcpu in self.vcpus:
-            vcpu.set_cpuid(cpuid.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
+            vcpu.set_cpuid(cpuid.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus), self.hide_hypervisor))
         boot.setup_mode(self.vcpus[0], self.memory, mode, entry, stack, extra_regs)
 
     # -- running -------------------------------------------------------------

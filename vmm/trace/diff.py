@@ -1,18 +1,22 @@
 """`vmm trace diff A B`: where two traces of the same guest first part ways.
 
 The traces may come from another backend, another host, or watches of another granularity:
-only the instructions at guest-physical addresses both traces watched are compared, in the
-order they executed, whatever events they fell in. Two instructions are the same when
-their address, bytes, the registers after them and (when both traces have them) their
-memory operands are. The first difference is shown with the instructions before it.
+only the instructions at guest-physical addresses both traces watched are compared, each
+vCPU's in the order they executed, whatever events they fell in (the vCPUs' events may
+interleave differently in the two files). Two instructions are the same when their address,
+bytes, the registers after them and (when both traces have them) their memory operands are.
+The first difference is shown with the instructions before it on that vCPU.
 """
 import collections
 from operator import itemgetter
 
 from ..errors import BadInput
 from ..x86.registers import GENERAL_REGISTERS
-from .reader import Insn, Leave
+from .reader import Insn, Leave, Summary
 from .show import insn_line, memory_text
+
+# Instructions of one vCPU the other trace has not reached yet, held at most.
+MAX_HELD = 1 << 16
 
 
 def _common(ranges_a, ranges_b):
@@ -33,7 +37,7 @@ class _Side:
         self.header = next(records)
         self._records = records
         self.cut = None          # the last leave whose event was not recorded to its end
-        self.ended = False
+        self.complete = False    # its summary was read
 
     def instructions(self, common):
         for record in self._records:
@@ -46,7 +50,8 @@ class _Side:
                         break
             elif kind is Leave and record.steps > record.instructions:
                 self.cut = record
-        self.ended = True
+            elif kind is Summary:
+                self.complete = True
 
 
 def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore=frozenset()):
@@ -62,19 +67,50 @@ def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore
         write("note: the traces name different images (their sha256 differ)\n")
     kept = [index for index, name in enumerate(GENERAL_REGISTERS) if name not in ignore]
     registers = itemgetter(*kept) if len(kept) != len(GENERAL_REGISTERS) else None
-    recent = collections.deque(maxlen=context)
-    compared = 0
-    stream_a, stream_b = a.instructions(common), b.instructions(common)
-    while True:
-        insn_a, insn_b = next(stream_a, None), next(stream_b, None)
-        if insn_a is None and insn_b is None:
-            write(f"no divergence: {compared} instructions compared, all those both traces hold in {ranges}\n")
-            return False
-        if insn_a is None or insn_b is None or _differs(insn_a, insn_b, registers):
-            _report(write, (a, insn_a), (b, insn_b), compared, ranges, recent, disassembler, symbols, ignore)
-            return True
-        recent.append((insn_a, insn_b))
-        compared += 1
+    # Per vCPU: the instructions one side has read that the other has not yet, and the last
+    # equal ones (for context); and how many were compared.
+    waiting = ({}, {})
+    recent = {}
+    compared = {}
+    streams = [a.instructions(common), b.instructions(common)]
+    live = [True, True]
+    held = 0
+    while any(live):
+        for side in (0, 1):
+            if not live[side]:
+                continue
+            insn = next(streams[side], None)
+            if insn is None:
+                live[side] = False
+                continue
+            vcpu = insn.event.vcpu
+            other = waiting[1 - side].get(vcpu)
+            if not other:
+                waiting[side].setdefault(vcpu, collections.deque()).append(insn)
+                held += 1
+                if held > MAX_HELD:
+                    raise BadInput(f"{a.path} and {b.path}: their vCPUs' instructions interleave too differently "
+                                   f"to compare within {MAX_HELD} instructions")
+                continue
+            first = other.popleft()
+            held -= 1
+            pair = (first, insn) if side == 1 else (insn, first)
+            if _differs(*pair, registers):
+                _report(write, (a, pair[0]), (b, pair[1]), compared.get(vcpu, 0), ranges,
+                        recent.get(vcpu, ()), disassembler, symbols, ignore)
+                return True
+            recent.setdefault(vcpu, collections.deque(maxlen=context)).append(pair)
+            compared[vcpu] = compared.get(vcpu, 0) + 1
+    for side in (0, 1):     # what one side holds beyond the other's end
+        for vcpu, left in waiting[side].items():
+            if left:
+                pair = (left[0], None) if side == 0 else (None, left[0])
+                _report(write, (a, pair[0]), (b, pair[1]), compared.get(vcpu, 0), ranges,
+                        recent.get(vcpu, ()), disassembler, symbols, ignore)
+                return True
+    total = sum(compared.values())
+    write(f"no divergence: {total} instructions compared, all those both traces hold in {ranges}\n")
+    return False
 
 
 def _differs(a, b, registers):
@@ -88,7 +124,7 @@ def _differs(a, b, registers):
 def _where(side, insn):
     if insn is None:
         return f"{side.label}: the trace has no more instructions there" + (
-            " (it ends without its summary)" if not side.ended else "")
+            " (it ends without its summary)" if not side.complete else "")
     event = insn.event
     return (f"{side.label}: event {event.index} (vCPU {event.vcpu}, entered at {event.rip:#x}), step {insn.step}, "
             f"line {insn.line}")
@@ -103,7 +139,8 @@ def _report(write, side_a, side_b, compared, ranges, recent, disassembler, symbo
     def line(insn):
         return insn_line(insn, resolved[(insn.event.bits, insn.code)], symbolize)
 
-    write(f"the traces diverge at instruction {compared + 1} of those both hold in {ranges}:\n")
+    vcpu = (insn_a or insn_b).event.vcpu
+    write(f"the traces diverge at vCPU {vcpu}'s instruction {compared + 1} of those both hold in {ranges}:\n")
     write(f"  {_where(a, insn_a)}\n  {_where(b, insn_b)}\n")
     if recent:
         write("before it, the same in both (A's steps):\n")

@@ -1,15 +1,16 @@
 """Reading a trace file: a stream of checked records, one line at a time, in constant memory.
 
 Each line must be a JSON object the schema accepts, and the records must make a trace: the
-header first, each event's pages, instructions and leave after it in order, the registers and
-addresses consistent from one instruction to the next, page contents matching their sha256,
-the summary last with the totals of what came before. The first thing wrong stops the
-reading with BadInput("PATH:LINE: what is wrong"), except a last line cut short (a killed
-run): the reader stops before it and says so in `truncated`.
+header first; each event's page records right after it; its insn records in order, the
+registers and addresses consistent from one to the next, and its leave; page contents
+matching their sha256; the summary last, with the totals of what came before. Events of
+different vCPUs may interleave (each vCPU traces one event at a time). The first thing wrong
+stops the reading with BadInput("PATH:LINE: what is wrong"), except a last line cut short
+(a killed run): the reader stops before it and says so in `truncated`.
 
 Every record is yielded as a typed value (Header, Event, Page, Insn, Leave, Summary) that
 keeps the line's JSON object in `record`; an Insn has the full registers after it (`regs`,
-in GENERAL_REGISTERS order), rebuilt from the event's registers and what each step changed.
+in GENERAL_REGISTERS order), rebuilt from its event's registers and what each step changed.
 """
 import base64
 import binascii
@@ -27,6 +28,9 @@ from .format import header_constant, schema
 MAX_LINE = 64 << 20
 _REGISTER_INDEX = {name: index for index, name in enumerate(GENERAL_REGISTERS)}
 _V1_TYPES = frozenset(("event", "page", "insn", "leave", "summary"))
+# Event numbers are given in order but may be written out of order (each vCPU writes its own):
+# at most this many may be seen above one still missing.
+MAX_EVENTS_AHEAD = 1 << 20
 _BITS_OF_MODE = {"real": (16,), "protected": (16, 32), "long": (16, 32, 64)}
 
 
@@ -50,6 +54,7 @@ class Event:
     vcpu: int
     backend: str
     gpa: int
+    page: int
     gva: int | None
     rip: int
     mode: str
@@ -80,6 +85,16 @@ class Insn:
     changed: dict         # name -> value of what the record wrote (rip only for a jump)
     memory: tuple         # ((linear address, size, bytes or None), ...)
     record: dict
+
+    def expanded(self):
+        """The record made self-contained: its event, address, bytes, all the registers after
+        it and the names of those it changed, its memory operands."""
+        return {"type": "insn", "event": self.event.index, "step": self.step, "rip": f"{self.rip:#x}",
+                "gpa": f"{self.gpa:#x}", "bytes": self.code.hex(),
+                "regs": {name: f"{value:#x}" for name, value in zip(GENERAL_REGISTERS, self.regs)},
+                "changed": [name for name in GENERAL_REGISTERS if name in self.changed],
+                "mem": [[f"{address:#x}", size, None if data is None else data.hex()]
+                        for address, size, data in self.memory]}
 
 
 @dataclass(slots=True)
@@ -188,7 +203,7 @@ class TraceReader:
             if state.summary:
                 self._fail(number, "a record after the summary")
             if state.awaited and kind != "page":
-                self._fail(number, f"event {state.event.index} refers to page contents "
+                self._fail(number, f"event {state.last_event} refers to page contents "
                                    f"{min(state.awaited)[:16]}... that no page record holds")
             yield handlers[kind](number, record, state)
         if state.awaited:   # the pages of the last event never came (a killed run)
@@ -220,11 +235,15 @@ class TraceReader:
                       record["backend"], record["cpu_vendor"], record["started"], record)
 
     def _event(self, number, record, state):
-        index = record["event"]
-        if state.event is not None and state.event_open:
-            self._fail(number, f"event {index} begins before event {state.event.index} has its leave record")
-        if index != state.events + 1:
-            self._fail(number, f"event {index} after event {state.events} (events are numbered 1, 2, ...)")
+        index, vcpu = record["event"], record["vcpu"]
+        if index < state.unseen or index in state.seen_ahead:
+            self._fail(number, f"event {index} appears twice")
+        if vcpu in state.by_vcpu:
+            self._fail(number, f"event {index} on vCPU {vcpu} begins before event {state.by_vcpu[vcpu]}, "
+                               f"the vCPU's previous one, has its leave record")
+        if len(state.seen_ahead) >= MAX_EVENTS_AHEAD:
+            self._fail(number, f"event {index}: more than {MAX_EVENTS_AHEAD} events after event {state.unseen}, "
+                               f"which never came")
         if record["backend"] != self.header.backend:
             self._fail(number, f"event {index}: backend {record['backend']}, but the header says "
                                f"{self.header.backend}")
@@ -239,7 +258,7 @@ class TraceReader:
         regs = record["regs"]
         values = tuple(int(regs[name], 16) for name in GENERAL_REGISTERS)
         gva = record["gva"]
-        event = Event(number, index, record["vcpu"], record["backend"], int(record["gpa"], 16),
+        event = Event(number, index, vcpu, record["backend"], int(record["gpa"], 16), int(record["page"], 16),
                       None if gva is None else int(gva, 16), int(record["rip"], 16), record["mode"],
                       record["bits"], record["decision"], values, pages, record)
         state.begin(event)
@@ -263,24 +282,25 @@ class TraceReader:
         return Page(number, digest, data, record)
 
     def _insn(self, number, record, state):
-        event = state.event
-        if event is None or not state.event_open or event.decision != "trace" or record["event"] != event.index:
-            self._fail(number, f"an insn record of event {record['event']}, which is not the event being traced")
+        index = record["event"]
+        traced = state.open.get(index)
+        if traced is None or traced.event.decision != "trace":
+            self._fail(number, f"an insn record of event {index}, which is not an event being traced")
         step = record["step"]
-        if step != state.steps + 1:
-            self._fail(number, f"event {event.index}: step {step} after step {state.steps}")
+        if step != traced.steps + 1:
+            self._fail(number, f"event {index}: step {step} after step {traced.steps}")
         rip = int(record["rip"], 16)
-        if rip != state.next_rip:
-            self._fail(number, f"event {event.index} step {step}: rip {rip:#x}, but the previous instruction "
-                               f"went on at {state.next_rip:#x}")
+        if rip != traced.next_rip:
+            self._fail(number, f"event {index} step {step}: rip {rip:#x}, but the previous instruction "
+                               f"went on at {traced.next_rip:#x}")
         code = bytes.fromhex(record["bytes"])
         gpa = record.get("gpa")
         if gpa is None:
-            gpa = rip + state.offset
+            gpa = rip + traced.offset
         else:
             gpa = int(gpa, 16)
-            state.offset = gpa - rip
-        values = state.values
+            traced.offset = gpa - rip
+        values = traced.values
         changed = {}
         written = record.get("regs")
         if written:
@@ -288,13 +308,13 @@ class TraceReader:
                 values[_REGISTER_INDEX[name]] = changed[name] = int(text, 16)
         if "rip" not in changed:
             values[RIP] = rip + len(code)
-        state.next_rip = values[RIP]
+        traced.next_rip = values[RIP]
         memory = ()
         if "mem" in record:
             memory = tuple(self._memory_operand(number, operand) for operand in record["mem"])
-        state.steps = step
+        traced.steps = step
         state.instructions += 1
-        return Insn(number, event, step, rip, gpa, code, tuple(values), changed, memory, record)
+        return Insn(number, traced.event, step, rip, gpa, code, tuple(values), changed, memory, record)
 
     def _memory_operand(self, number, operand):
         address, size, data = operand
@@ -304,25 +324,28 @@ class TraceReader:
         return int(address, 16), size, data
 
     def _leave(self, number, record, state):
-        event = state.event
-        if event is None or not state.event_open or record["event"] != event.index:
-            self._fail(number, f"a leave record for event {record['event']}, which is not the event being traced")
-        if record["instructions"] != state.steps:
-            self._fail(number, f"event {event.index} left after {record['instructions']} instructions, but "
-                               f"{state.steps} insn records came before")
+        index = record["event"]
+        traced = state.open.get(index)
+        if traced is None:
+            self._fail(number, f"a leave record for event {index}, which is not an event being traced")
+        if record["instructions"] != traced.steps:
+            self._fail(number, f"event {index} left after {record['instructions']} instructions, but "
+                               f"{traced.steps} insn records came before")
         if record["steps"] < record["instructions"]:
-            self._fail(number, f"event {event.index}: {record['steps']} steps, fewer than its "
+            self._fail(number, f"event {index}: {record['steps']} steps, fewer than its "
                                f"{record['instructions']} instructions")
-        state.event_open = False
-        return Leave(number, record["event"], record["reason"], record.get("detail"), int(record["rip"], 16),
+        state.end(traced.event)
+        return Leave(number, index, record["reason"], record.get("detail"), int(record["rip"], 16),
                      record["instructions"], record["steps"], record)
 
     def _summary(self, number, record, state):
-        if state.event is not None and state.event_open:
-            self._fail(number, f"the summary comes before event {state.event.index} has its leave record")
+        if state.open:
+            self._fail(number, f"the summary comes before event {min(state.open)} has its leave record")
         if (record["events"], record["instructions"]) != (state.events, state.instructions):
             self._fail(number, f"the summary counts {record['events']} events and {record['instructions']} "
                                f"instructions, the trace holds {state.events} and {state.instructions}")
+        if state.seen_ahead:
+            self._fail(number, f"event {state.unseen} is missing")
         if record["backend"] != self.header.backend or record["watched"] != self.header.record["watched"]:
             self._fail(number, "the summary's backend or watched ranges differ from the header's")
         state.summary = True
@@ -330,36 +353,59 @@ class TraceReader:
                        record["exit_status"], record["message"], record)
 
 
+class _Traced:
+    """An event whose insn and leave records may still come, and where its next one starts."""
+
+    __slots__ = ("event", "steps", "values", "next_rip", "offset")
+
+    def __init__(self, event):
+        self.event = event
+        self.steps = 0
+        self.values = list(event.regs)       # the registers after the previous record
+        self.next_rip = event.rip
+        self.offset = event.gpa - event.rip
+
+
 class _State:
     """What the records so far imply about the next one."""
 
     def __init__(self):
         self.events = self.instructions = 0
-        self.event = None
-        self.event_open = False      # an event whose insn and leave records may still come
-        self.steps = 0               # insn records of the current event
-        self.values = None           # registers after the previous record of the event
-        self.next_rip = self.offset = 0
-        self.awaited = set()         # page contents the current event refers to, not yet stored
+        self.open = {}               # event index -> _Traced, until its leave
+        self.by_vcpu = {}            # vCPU -> the index of its open event
+        self.unseen = 1              # the lowest event number not seen yet
+        self.seen_ahead = set()      # the event numbers seen above it
+        self.last_event = None       # the number of the last event record
+        self.awaited = set()         # page contents it refers to, not yet stored
         self.stored = set()
         self.summary = False
 
     def begin(self, event):
         self.events += 1
-        self.event = event
-        self.event_open = event.decision != "stop"   # a stop ends the run at once: no steps, no leave
-        self.steps = 0
-        self.values = list(event.regs)
-        self.next_rip = event.rip
-        self.offset = event.gpa - event.rip
+        index = event.index
+        if index == self.unseen:
+            self.unseen += 1
+            while self.unseen in self.seen_ahead:
+                self.seen_ahead.remove(self.unseen)
+                self.unseen += 1
+        else:
+            self.seen_ahead.add(index)
+        self.open[index] = _Traced(event)
+        self.by_vcpu[event.vcpu] = index
+        self.last_event = index
         self.awaited = {digest for _, digest in event.pages if digest not in self.stored}
+
+    def end(self, event):
+        del self.open[event.index]
+        del self.by_vcpu[event.vcpu]
 
 
 def read_trace(path):
-    """Every record of a trace as the JSON objects of its lines, checked: for tests and small
-    scripts (the vmm trace commands stream with TraceReader instead)."""
+    """Every record of a trace, checked, as a list of dicts: for tests and small scripts (the
+    vmm trace commands stream with TraceReader instead). Records are as in the file, but for
+    insn records, made self-contained (Insn.expanded)."""
     reader = TraceReader(path)
-    records = [record.record for record in reader]
+    records = [record.expanded() if type(record) is Insn else record.record for record in reader]
     if reader.truncated:
         line, what = reader.truncated
         raise BadInput(f"{reader.path}:{line}: {what}")

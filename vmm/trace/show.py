@@ -23,8 +23,9 @@ class Selection:
     max_instructions: int | None = None
 
     def keeps(self, record, event):
-        """Whether a record of event number `event` passes the event and address filters."""
-        if type(record) is Header or type(record) is Summary:
+        """Whether a record of event number `event` (None: of the whole trace) passes the event
+        and address filters."""
+        if event is None:
             return True
         if self.events and event not in self.events:
             return False
@@ -108,14 +109,9 @@ def insn_line(insn, instruction, symbolize=None):
 
 
 def expanded_insn(insn, instruction, symbolize=None):
-    """An insn record made self-contained (the `shown_insn` of the schema): for --json."""
-    return {"type": "insn", "event": insn.event.index, "step": insn.step, "rip": f"{insn.rip:#x}",
-            "gpa": f"{insn.gpa:#x}", "bytes": insn.code.hex(),
-            "regs": {name: f"{value:#x}" for name, value in zip(GENERAL_REGISTERS, insn.regs)},
-            "changed": [name for name in GENERAL_REGISTERS if name in insn.changed],
-            "mem": [[f"{address:#x}", size, None if data is None else data.hex()]
-                    for address, size, data in insn.memory],
-            "asm": instruction.text(insn.rip, insn.event.bits, symbolize) if instruction else "",
+    """An insn record made self-contained, with its disassembly and symbol (the `shown_insn` of
+    the schema): for --json."""
+    return {**insn.expanded(), "asm": instruction.text(insn.rip, insn.event.bits, symbolize) if instruction else "",
             "symbol": symbolize(insn.rip) if symbolize else None}
 
 
@@ -133,50 +129,75 @@ class Show:
         self._json = as_json
         self._pages = pages
         self.header = None
-        self._page_refs = {}         # sha256 -> gpa, for the current event's page records
+        self._page_refs = {}         # sha256 -> gpa, for the last event's page records
         self._first_stored = {}      # sha256 -> the event that stored it
-        self._shown = 0              # instructions shown in the current event
-        self._symbol = None          # the symbol of the previous instruction shown
+        # Per event until its leave: the record, the instructions shown, the symbol of the last.
+        self._events, self._shown, self._symbols = {}, {}, {}
+        self._current = None         # the event the last line shown belongs to
         self.ended = False           # the summary was shown
 
     def run(self, records):
         selection = self._selection
         limit = selection.max_instructions
         instruction_of = self._disassembly.instruction
-        event = 0
+        shown = self._shown
+        latest = 0                   # the last event record's number (its page records follow it)
         for record in records:
             kind = type(record)
             if kind is Insn:
-                if not selection.keeps(record, event) or (limit is not None and self._shown > limit):
+                event = record.event.index
+                if not selection.keeps(record, event):
+                    continue
+                count = shown.get(event, 0)
+                if limit is not None and count > limit:
                     continue
                 instruction = instruction_of(record.event.bits, record.code, record.line)
                 if selection.mnemonics and not selection.keeps_mnemonic(instruction.mnemonic, self._syntax):
                     continue
-                self._shown += 1
-                if limit is not None and self._shown > limit:
+                shown[event] = count + 1
+                if limit is not None and count == limit:
                     if not self._json:
+                        self._switch_to(record.event)
                         self._write("  ...\n")
                     continue
                 self._instruction(record, instruction)
                 continue
             if kind is Event:
-                event = record.index
-                self._shown = 0
+                event = latest = record.index
+                self._events[event] = record
             elif kind is Page:
+                event = latest
                 self._first_stored.setdefault(record.sha256, event)
+            elif kind is Leave:
+                event = record.event
+                shown.pop(event, None)
+                self._symbols.pop(event, None)
+            else:
+                event = None
             if selection.keeps(record, event):
                 self._other(record)
+            if kind is Leave:
+                self._events.pop(event, None)
+
+    def _switch_to(self, event):
+        """Before a line of `event`: say whose it is when the line before was another event's
+        (events of different vCPUs interleave)."""
+        if self._current != event.index:
+            if self._current is not None:
+                self._write(f"  (event {event.index}, vCPU {event.vcpu})\n")
+            self._current = event.index
 
     def _instruction(self, insn, instruction):
         if self._json:
             self._write(json.dumps(expanded_insn(insn, instruction, self._symbolize), separators=(",", ":")) + "\n")
             return
+        self._switch_to(insn.event)
         if self._symbolize is not None:
             name = self._symbolize(insn.rip)
             base = name.split("+", 1)[0] if name else None
-            if base != self._symbol and base is not None:
+            if base is not None and base != self._symbols.get(insn.event.index):
                 self._write(f"  <{base}>:\n")
-            self._symbol = base
+            self._symbols[insn.event.index] = base
         self._write(insn_line(insn, instruction, self._symbolize) + "\n")
 
     def _other(self, record):
@@ -199,13 +220,16 @@ class Show:
                 self._write(f"  page {gpa:#x}: {len(record.data)} bytes, sha256 {record.sha256[:16]}...\n")
                 self._write("".join(line + "\n" for line in _hexdump(record.data, gpa)))
         elif kind is Leave:
+            event = self._events.get(record.event)
+            if event is not None:
+                self._switch_to(event)
             self._write(leave_line(record) + "\n")
         elif kind is Summary:
             self.ended = True
             self._write(summary_line(record, self.header) + "\n")
 
     def _begin(self, event):
-        self._symbol = None
+        self._current = event.index
         lines = [event_line(event, self._symbolize)]
         for row in range(0, len(GENERAL_REGISTERS), _REGISTERS_PER_ROW):
             lines.append("  " + " ".join(f"{name}={value:#x}" for name, value in

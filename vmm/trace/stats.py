@@ -22,9 +22,7 @@ class Statistics:
         self.counts = {}          # (bits, code) -> executions
         self.sites = {}           # gpa -> instruction length
         self.blocks = {}          # (start rip, last rip, instructions) -> runs
-        self._block = None        # [start rip, instructions] of the block being run
-        self._event = None        # [Event, instructions] until its leave
-        self._last_rip = 0        # of the previous instruction
+        self._events = {}         # event index -> _Traced, until its leave
         self.page_records = self.page_bytes = self.page_references = 0
         self.memory_accesses = 0
         self.data_pages = set()
@@ -34,62 +32,54 @@ class Statistics:
         return f"{address:#x} <{name}>" if name else f"{address:#x}"
 
     def run(self, records):
-        counts, sites, blocks = self.counts, self.sites, self.blocks
-        block = None
+        counts, sites, blocks, events = self.counts, self.sites, self.blocks, self._events
         for record in records:
-            if type(record) is Insn:
+            kind = type(record)
+            if kind is Insn:
                 key = (record.event.bits, record.code)
                 counts[key] = counts.get(key, 0) + 1
                 sites[record.gpa] = len(record.code)
-                if block is None:
-                    block = [record.rip, 0]
-                block[1] += 1
+                traced = events[record.event.index]
+                if traced.block_start is None:
+                    traced.block_start, traced.block_length = record.rip, 0
+                traced.block_length += 1
+                traced.last_rip = record.rip
+                traced.instructions += 1
                 if "rip" in record.changed:
-                    shape = (block[0], record.rip, block[1])
-                    blocks[shape] = blocks.get(shape, 0) + 1
-                    block = None
+                    traced.end_block(blocks)
                 if record.memory:
                     self.memory_accesses += len(record.memory)
                     self.data_pages.update(address & PAGE_MASK for address, _, _ in record.memory)
                 self.instructions += 1
-                self._event[1] += 1
-                self._last_rip = record.rip
-                continue
-            if block is not None:     # an event's end closes its last block
-                shape = (block[0], self._last_rip, block[1])
-                blocks[shape] = blocks.get(shape, 0) + 1
-                block = None
-            kind = type(record)
-            if kind is Header:
+            elif kind is Header:
                 self.header = record
                 self._write(header_line(record, self._path) + "\n" + "events:\n")
             elif kind is Event:
-                self._end_event(None)
                 self.events += 1
                 self.page_references += len(record.pages)
-                self._event = [record, 0]
-                if record.decision == "stop":
-                    self._end_event(None)
+                events[record.index] = _Traced(record)
             elif kind is Page:
                 self.page_records += 1
                 self.page_bytes += len(record.data)
             elif kind is Leave:
-                self._end_event(record)
+                traced = events.pop(record.event)
+                traced.end_block(blocks)
+                self._event_line(traced, record)
             elif kind is Summary:
                 self.summary = record
-        self._end_event(None)
+        for traced in events.values():
+            traced.end_block(blocks)
+            self._event_line(traced, None)
+        events.clear()
 
-    def _end_event(self, leave):
-        if self._event is None:
-            return
-        event, instructions = self._event
-        self._event = None
+    def _event_line(self, traced, leave):
+        event = traced.event
         line = (f"  event {event.index}: vCPU {event.vcpu}, entered {self._name(event.rip)} ({event.bits}-bit), "
-                f"{event.decision}: {plural(instructions, 'instruction')}")
+                f"{event.decision}: {plural(traced.instructions, 'instruction')}")
         if leave is not None:
             detail = f" ({leave.detail})" if leave.detail else ""
             line += f" of {plural(leave.steps, 'step')}, {leave.reason}{detail} to {self._name(leave.rip)}"
-        elif event.decision != "stop":
+        else:
             line += ", no leave record (the trace ends)"
         self._write(line + "\n")
 
@@ -139,3 +129,20 @@ def _covered(sites):
             covered += end - max(gpa, reached)
             reached = end
     return covered
+
+
+class _Traced:
+    """An event until its leave: its instructions, and the block it is running."""
+
+    __slots__ = ("event", "instructions", "block_start", "block_length", "last_rip")
+
+    def __init__(self, event):
+        self.event = event
+        self.instructions = 0
+        self.block_start = self.block_length = self.last_rip = None
+
+    def end_block(self, blocks):
+        if self.block_start is not None:
+            shape = (self.block_start, self.last_rip, self.block_length)
+            blocks[shape] = blocks.get(shape, 0) + 1
+            self.block_start = None

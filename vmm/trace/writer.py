@@ -4,8 +4,13 @@ The header record is written and flushed when the writer is made, so even the tr
 killed run says what it is. Page contents are written once per distinct sha256 and events
 refer to them. An insn record holds only what its instruction changed; its line comes from a
 %-template chosen by which registers changed (found by comparing the register tuples in C,
-with map and compress), so a step costs no per-register Python work. insn lines are handed
-to the file in groups; every other record, flush() and close() write what waits first.
+with map and compress), so a step costs no per-register Python work.
+
+Every vCPU may trace an event at the same time, each from its own thread: each event keeps
+its own registers to compare with, and insn lines go to one shared list without a lock
+(list.append, and the flush's slice and del of what it wrote, are each one step under the
+GIL), handed to the file in groups; the other records, flush() and close() write what waits
+first, under the lock.
 """
 import base64
 import hashlib
@@ -54,10 +59,20 @@ def _hex_tree(values):
     return {name: _hex_tree(value) if isinstance(value, dict) else f"{value:#x}" for name, value in values.items()}
 
 
+class _EventState:
+    """What an event's next insn record is written against: the registers after the previous
+    record and its gpa - rip."""
+
+    __slots__ = ("previous", "offset")
+
+    def __init__(self, previous, offset):
+        self.previous, self.offset = previous, offset
+
+
 class TraceWriter:
-    """Writes one trace file. The engine calls event(), then instruction() for each traced
-    instruction and leave() for that event (events do not interleave: while one vCPU traces,
-    the others wait), and close(summary) at the end; flush() makes what is recorded visible.
+    """Writes one trace file. The engine calls event() when an event starts, then from the
+    same vCPU's thread instruction() for each traced instruction and leave() at its end, and
+    close(summary) when the run is over; flush() makes what is recorded visible.
 
     header: vmm_version, image (path or None), image_sha256 (or None), watched [(start, end)]
     as numbers, backend, cpu_vendor and started (ISO 8601)."""
@@ -69,11 +84,9 @@ class TraceWriter:
         except OSError as error:
             raise BadInput(f"{path}: cannot write the trace: {error.strerror}") from None
         self._lock = threading.Lock()
-        self._pending = []          # lines not yet handed to the file
+        self._pending = []          # lines not yet handed to the file (always this list)
         self._stored = set()        # sha256 of the page contents already written
-        # Per event: the registers after the previous record, and gpa - rip of the previous record.
-        self._previous = None
-        self._offset = 0
+        self._events = {}           # event index -> _EventState, until its leave
         # Templates by the changed-register mask: [jumps, falls through] (indexed by a bool);
         # and those with the gpa and mem fields, by (mask, falls through).
         self._templates = ({}, {})
@@ -89,31 +102,34 @@ class TraceWriter:
     def event(self, event, decision, pages):
         """The event record (the full register state), then a page record for each of the
         watched pages' contents (gpa, bytes) not written before."""
-        references, new = [], []
-        for gpa, data in pages:
-            digest = hashlib.sha256(data).hexdigest()
-            references.append([f"{gpa:#x}", digest])
-            if digest not in self._stored:
-                self._stored.add(digest)
-                new.append({"type": "page", "sha256": digest, "size": len(data),
-                            "data": base64.b64encode(data).decode("ascii")})
-        self._previous = tuple(event.regs[name] for name in GENERAL_REGISTERS)
-        self._offset = event.gpa - event.rip
-        self._write({
+        digests = [(gpa, hashlib.sha256(data).hexdigest(), data) for gpa, data in pages]
+        record = {
             "type": "event", "event": event.index, "vcpu": event.vcpu_id, "backend": event.backend,
-            "gpa": f"{event.gpa:#x}", "gva": hex_or_none(event.gva), "rip": f"{event.rip:#x}",
-            "mode": event.mode, "bits": _code_bits(event.sregs), "decision": decision.value,
-            "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs), "pages": references}, *new)
+            "gpa": f"{event.gpa:#x}", "page": f"{event.page:#x}", "gva": hex_or_none(event.gva),
+            "rip": f"{event.rip:#x}", "mode": event.mode, "bits": _code_bits(event.sregs),
+            "decision": decision.value, "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs),
+            "pages": [[f"{gpa:#x}", digest] for gpa, digest, _ in digests]}
+        self._events[event.index] = _EventState(tuple(event.regs[name] for name in GENERAL_REGISTERS),
+                                                event.gpa - event.rip)
+        with self._lock:   # which contents are new, and the records in order, decided together
+            new = []
+            for _, digest, data in digests:
+                if digest not in self._stored:
+                    self._stored.add(digest)
+                    new.append({"type": "page", "sha256": digest, "size": len(data),
+                                "data": base64.b64encode(data).decode("ascii")})
+            self._write_locked(record, *new)
 
     def instruction(self, event, index, rip, gpa, code, values, memory=()):
         """An insn record; values: the registers after it, in GENERAL_REGISTERS order; memory:
         (linear address, size, bytes after) per memory operand. The hot path: one template
         lookup and one %-format."""
-        mask = bytes(map(ne, values, self._previous))
-        self._previous = values
+        state = self._events[event.index]
+        mask = bytes(map(ne, values, state.previous))
+        state.previous = values
         template = self._templates[values[RIP] == rip + len(code)].get(mask)
-        if template is None or gpa - rip != self._offset or memory:
-            line = self._uncommon_line(event.index, index, rip, gpa, code, values, memory, mask)
+        if template is None or gpa - rip != state.offset or memory:
+            line = self._uncommon_line(state, event.index, index, rip, gpa, code, values, memory, mask)
         else:
             line = template % (event.index, index, rip, code.hex(), *compress(values, mask))
         pending = self._pending
@@ -127,6 +143,7 @@ class TraceWriter:
         if detail is not None:
             record["detail"] = detail
         record.update(rip=f"{rip:#x}", instructions=instructions, steps=steps)
+        self._events.pop(event.index, None)
         self._write(record)
 
     def flush(self):
@@ -138,14 +155,13 @@ class TraceWriter:
         with self._lock:
             if self._file is None:
                 return
-        self._write({"type": "summary", **summary})
-        with self._lock:
+            self._write_locked({"type": "summary", **summary})
             self._file.close()
             self._file = None
 
     # -- the rest --------------------------------------------------------------
 
-    def _uncommon_line(self, event, index, rip, gpa, code, values, memory, mask):
+    def _uncommon_line(self, state, event, index, rip, gpa, code, values, memory, mask):
         """An insn line off the hot path: a new set of changed registers, a new gpa - rip, memory
         operands, or a branch to itself (a new rip equal to the old one: written, not implied)."""
         falls_through = values[RIP] == rip + len(code)
@@ -154,8 +170,8 @@ class TraceWriter:
         elif mask not in self._templates[falls_through]:
             self._templates[falls_through][mask] = _insn_template(mask, falls_through)
         gpa_field = ""
-        if gpa - rip != self._offset:
-            self._offset = gpa - rip
+        if gpa - rip != state.offset:
+            state.offset = gpa - rip
             gpa_field = f',"gpa":"{gpa:#x}"'
         memory_field = ""
         if memory:
@@ -168,14 +184,20 @@ class TraceWriter:
         return template % (event, index, rip, gpa_field, code.hex(), *compress(values, mask), memory_field)
 
     def _write(self, *records):
-        lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
         with self._lock:
-            self._pending.extend(lines)
-            self._write_pending()
+            self._write_locked(*records)
+
+    def _write_locked(self, *records):
+        # One extend of a list: no other thread's line can come between these records.
+        self._pending.extend([json.dumps(record, separators=(",", ":")) + "\n" for record in records])
+        self._write_pending()
 
     def _write_pending(self):
-        """Write and flush the waiting lines (the lock is held)."""
-        if self._file is not None:
-            self._file.write("".join(self._pending))
+        """Write and flush the waiting lines (the lock is held). Lines other threads append
+        meanwhile stay for the next time."""
+        pending = self._pending
+        count = len(pending)
+        if self._file is not None and count:
+            self._file.write("".join(pending[:count]))
             self._file.flush()
-        self._pending.clear()
+        del pending[:count]

@@ -12,9 +12,9 @@ instruction at a time), events (what the engine reports), policy (the other vCPU
 traces), engine (the wiring). The trace file itself is vmm.trace's.
 """
 from .backends import BACKENDS, BackendUnavailable
-from .engine import DEFAULT_MAX_STEPS, V2E
+from .engine import DEFAULT_MAX_INSTRUCTIONS, V2E
 from .events import Decision, EmulateEvent, Step
 from .watch import WatchSet, parse_watch
 
-__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_STEPS", "V2E", "Decision", "EmulateEvent", "Step",
+__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_INSTRUCTIONS", "V2E", "Decision", "EmulateEvent", "Step",
            "WatchSet", "parse_watch"]

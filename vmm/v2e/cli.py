@@ -1,4 +1,5 @@
-"""The V2E parts of `vmm run`: --watch, --watch-symbol, --trace, --backend, --max-steps."""
+"""The V2E parts of `vmm run`: --watch, --watch-symbol, --trace, --backend, --max-instructions,
+--tsc-per-step."""
 import argparse
 import os
 import sys
@@ -9,8 +10,18 @@ from ..trace.cli import positive_int
 from ..trace.format import plural
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from .backends import BACKENDS
-from .engine import DEFAULT_MAX_STEPS, V2E
+from .engine import DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TSC_PER_STEP, V2E
 from .watch import page_ranges, parse_watch
+
+
+def _count(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2^32 - 1, got {text!r}")
+    return value
 
 
 def _watch_range(text):
@@ -29,8 +40,11 @@ def add_run_options(run):
     group.add_argument("--trace", metavar="PATH", help="write the V2E trace (JSON Lines) to PATH")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (the exec-trap kernel patch when present, else stock), patched or stock")
-    group.add_argument("--max-steps", type=positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
-                       help=f"instructions recorded per event at most (default: {DEFAULT_MAX_STEPS})")
+    group.add_argument("--max-instructions", type=positive_int, default=DEFAULT_MAX_INSTRUCTIONS, metavar="N",
+                       help=f"instructions recorded per event at most; the rest of the event is stepped "
+                            f"unrecorded (default: {DEFAULT_MAX_INSTRUCTIONS})")
+    group.add_argument("--tsc-per-step", type=_count, default=DEFAULT_TSC_PER_STEP, metavar="CYCLES",
+                       help=f"TSC cycles the guest sees a traced instruction take (default: {DEFAULT_TSC_PER_STEP})")
 
 
 def attach(machine, args, stack, image):
@@ -44,7 +58,8 @@ def attach(machine, args, stack, image):
         if args.trace:
             raise BadInput("--trace needs at least one --watch range or --watch-symbol")
         return None
-    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps,
+    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace,
+                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step,
                  image_path=os.path.abspath(args.image), image=image)
     stack.callback(_close, engine, args.trace)
     return engine
@@ -63,6 +78,10 @@ def _symbol_pages(symbols, image, memory_size, name):
         start = elf.physical_address(value, segments)
         if start is None:
             raise BadInput(f"{name}: symbol {symbol!r} at {value:#x} is outside every loaded segment")
+        # st_size comes from the file: a symbol may not claim more than guest RAM.
+        if start + max(size, 1) > memory_size:
+            raise BadInput(f"{name}: symbol {symbol!r} at {start:#x} of {size:#x} bytes runs past the end "
+                           f"of guest memory ({memory_size:#x} bytes)")
         pages.update(range(start & PAGE_MASK, start + max(size, 1), PAGE_SIZE))
     return pages
 

@@ -1,16 +1,25 @@
 """The CPUID the VMM gives each vCPU: what KVM supports, with the vCPU's own APIC id and the
-VM's CPU count filled in."""
+VM's CPU count filled in, and optionally without any sign of a hypervisor."""
+
+CPUID_HYPERVISOR = 1 << 31            # leaf 1 ECX: running under a hypervisor
+HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 
 
-def cpuid_for_vcpu(supported, vcpu_id, vcpu_count):
-    """KVM's supported CPUID with this vCPU's APIC id and the VM's logical CPU count filled in."""
+def cpuid_for_vcpu(supported, vcpu_id, vcpu_count, hide_hypervisor=False):
+    """KVM's supported CPUID with this vCPU's APIC id and the VM's logical CPU count filled in;
+    hide_hypervisor clears the hypervisor bit and drops the hypervisor leaves (KVM's
+    signature, kvmclock)."""
     entries = []
     for entry in supported:
         entry = dict(entry)
+        if hide_hypervisor and entry["function"] in HYPERVISOR_LEAVES:
+            continue
         if entry["function"] == 1:
             entry["ebx"] = (entry["ebx"] & 0x0000FFFF) | (vcpu_count & 0xFF) << 16 | (vcpu_id & 0xFF) << 24
             if vcpu_count > 1:
                 entry["edx"] |= 1 << 28   # HTT: the count in EBX[23:16] is valid
+            if hide_hypervisor:
+                entry["ecx"] &= ~CPUID_HYPERVISOR
         elif entry["function"] in (0xB, 0x1F):
             entry["edx"] = vcpu_id
         entries.append(entry)
