@@ -2,9 +2,9 @@
 
 The header record is written and flushed when the writer is made, so even the trace of a
 killed run says what it is. Page contents are written once per distinct sha256 and events
-refer to them. An insn record holds only what its instruction changed; its line comes from a
-%-template chosen by which registers changed (found by comparing the register tuples in C,
-with map and compress), so a step costs no per-register Python work.
+refer to them. An insn record holds only what its instruction changed; its line comes from an
+f-string compiled for the set of registers that changed (found by comparing the register
+tuples in C, with map), so a step costs no per-register Python work.
 
 Every vCPU may trace an event at the same time, each from its own thread: each event keeps
 its own registers to compare with, and insn lines go to one shared list without a lock
@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import threading
-from itertools import compress
 from operator import ne
 from types import SimpleNamespace
 
@@ -29,25 +28,23 @@ from .format import header_constant, hex_or_none
 PENDING_INSN_LINES = 256
 
 
-def _insn_template(mask, falls_through, fields=False):
-    """The %-template of an insn line whose changed registers are the non-zero bytes of mask
-    (in GENERAL_REGISTERS order). Its arguments: event, step, rip, [the gpa field,] the bytes in hex,
-    the changed values in order[, the mem field] (the bracketed ones when `fields`). When the
-    instruction falls through, the new rip is implied (rip + length): its value is consumed
-    without being written (%.0s)."""
-    pieces, written = [], 0
-    for name, changed in zip(GENERAL_REGISTERS, mask):
-        if not changed:
-            continue
-        if name == "rip" and falls_through:
-            pieces.append("%.0s")
-            continue
-        pieces.append(("," if written else "") + f'"{name}":"%#x"')
-        written += 1
-    registers = ',"regs":{' + "".join(pieces) + "}" if written else "".join(pieces)
+def _insn_formatter(mask, falls_through, fields=False):
+    """An insn line whose changed registers are the non-zero bytes of mask (GENERAL_REGISTERS
+    order), as a function (the line's start up to its step, step, rip, [the gpa field,] bytes
+    in hex, registers after[, the mem field]) -> line, the bracketed ones when `fields`: an
+    f-string compiled for that mask, which reads the changed values by index (no tuple built,
+    no template parsed per line). When the instruction falls through, the new rip is implied
+    (rip + length) and not written. The source is made of the register names only."""
+    written = ['"%s":"{values[%d]:#x}"' % (name, index)
+               for index, (name, changed) in enumerate(zip(GENERAL_REGISTERS, mask))
+               if changed and not (name == "rip" and falls_through)]
+    registers = ',"regs":{{' + ",".join(written) + "}}" if written else ""
     if fields:
-        return '{"type":"insn","event":%d,"step":%d,"rip":"%#x"%s,"bytes":"%s"' + registers + "%s}\n"
-    return '{"type":"insn","event":%d,"step":%d,"rip":"%#x","bytes":"%s"' + registers + "}\n"
+        return eval("lambda start, step, rip, gpa, code, values, memory: "   # noqa: S307 - constants only
+                    "f'{start}{step},\"rip\":\"{rip:#x}\"{gpa},\"bytes\":\"{code}\"" + registers
+                    + "{memory}}}\\n'")
+    return eval("lambda start, step, rip, code, values: "   # noqa: S307 - constants only
+                "f'{start}{step},\"rip\":\"{rip:#x}\",\"bytes\":\"{code}\"" + registers + "}}\\n'")
 
 
 def _code_bits(sregs):
@@ -61,12 +58,13 @@ def _hex_tree(values):
 
 class _EventState:
     """What an event's next insn record is written against: the registers after the previous
-    record and its gpa - rip."""
+    record and its gpa - rip; and the start of its insn lines, up to the step."""
 
-    __slots__ = ("previous", "offset")
+    __slots__ = ("previous", "offset", "start")
 
-    def __init__(self, previous, offset):
+    def __init__(self, previous, offset, index):
         self.previous, self.offset = previous, offset
+        self.start = f'{{"type":"insn","event":{index},"step":'
 
 
 class TraceWriter:
@@ -87,10 +85,10 @@ class TraceWriter:
         self._pending = []          # lines not yet handed to the file (always this list)
         self._stored = set()        # sha256 of the page contents already written
         self._events = {}           # event index -> _EventState, until its leave
-        # Templates by the changed-register mask: [jumps, falls through] (indexed by a bool);
-        # and those with the gpa and mem fields, by (mask, falls through).
-        self._templates = ({}, {})
-        self._field_templates = {}
+        # The hot path's line formatters by mask: [jumps, falls through] (indexed by a bool);
+        # those with the gpa and mem fields, by (mask, falls through).
+        self._formatters = ({}, {})
+        self._field_formatters = {}
         self._write({"type": "header", "format": header_constant("format"), "version": header_constant("version"),
                      "vmm_version": header["vmm_version"], "image": header["image"],
                      "image_sha256": header["image_sha256"],
@@ -110,7 +108,7 @@ class TraceWriter:
             "decision": decision.value, "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs),
             "pages": [[f"{gpa:#x}", digest] for gpa, digest, _ in digests]}
         self._events[event.index] = _EventState(tuple(event.regs[name] for name in GENERAL_REGISTERS),
-                                                event.gpa - event.rip)
+                                                event.gpa - event.rip, event.index)
         with self._lock:   # which contents are new, and the records in order, decided together
             new = []
             for _, digest, data in digests:
@@ -127,11 +125,11 @@ class TraceWriter:
         state = self._events[event.index]
         mask = bytes(map(ne, values, state.previous))
         state.previous = values
-        template = self._templates[values[RIP] == rip + len(code)].get(mask)
-        if template is None or gpa - rip != state.offset or memory:
-            line = self._uncommon_line(state, event.index, index, rip, gpa, code, values, memory, mask)
+        formatter = self._formatters[values[RIP] == rip + len(code)].get(mask)
+        if formatter is None or gpa - rip != state.offset or memory:
+            line = self._uncommon_line(state, index, rip, gpa, code, values, memory, mask)
         else:
-            line = template % (event.index, index, rip, code.hex(), *compress(values, mask))
+            line = formatter(state.start, index, rip, code.hex(), values)
         pending = self._pending
         pending.append(line)
         if len(pending) >= PENDING_INSN_LINES:
@@ -161,14 +159,14 @@ class TraceWriter:
 
     # -- the rest --------------------------------------------------------------
 
-    def _uncommon_line(self, state, event, index, rip, gpa, code, values, memory, mask):
+    def _uncommon_line(self, state, index, rip, gpa, code, values, memory, mask):
         """An insn line off the hot path: a new set of changed registers, a new gpa - rip, memory
         operands, or a branch to itself (a new rip equal to the old one: written, not implied)."""
         falls_through = values[RIP] == rip + len(code)
         if not mask[RIP] and not falls_through:
             mask = mask[:RIP] + b"\1" + mask[RIP + 1:]
-        elif mask not in self._templates[falls_through]:
-            self._templates[falls_through][mask] = _insn_template(mask, falls_through)
+        elif mask not in self._formatters[falls_through]:
+            self._formatters[falls_through][mask] = _insn_formatter(mask, falls_through)
         gpa_field = ""
         if gpa - rip != state.offset:
             state.offset = gpa - rip
@@ -178,10 +176,11 @@ class TraceWriter:
             memory_field = ',"mem":' + json.dumps(
                 [[f"{address:#x}", size, None if data is None else data.hex()] for address, size, data in memory],
                 separators=(",", ":"))
-        template = self._field_templates.get((mask, falls_through))
-        if template is None:
-            template = self._field_templates[(mask, falls_through)] = _insn_template(mask, falls_through, True)
-        return template % (event, index, rip, gpa_field, code.hex(), *compress(values, mask), memory_field)
+        key = (mask, falls_through)
+        formatter = self._field_formatters.get(key)
+        if formatter is None:
+            formatter = self._field_formatters[key] = _insn_formatter(mask, falls_through, fields=True)
+        return formatter(state.start, index, rip, gpa_field, code.hex(), values, memory_field)
 
     def _write(self, *records):
         with self._lock:
