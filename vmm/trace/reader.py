@@ -125,7 +125,19 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _decode(line):
+    """The JSON value a line holds (ValueError when it holds anything else)."""
+    text = line.decode("utf-8")
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return _DECODER.decode(text)    # leading blanks, or not JSON: decode() says which
+    if end != len(text) and not text[end:].isspace():
+        raise ValueError("more than one JSON value")
+    return value
 
 
 class TraceReader:
@@ -171,7 +183,7 @@ class TraceReader:
             if len(line) > MAX_LINE:
                 self._fail(number, f"a line longer than {MAX_LINE:,} bytes: not a trace record")
             try:
-                record = _decode(line.decode("utf-8"))
+                record = _decode(line)
             except (ValueError, RecursionError):
                 if not line.endswith(b"\n") and number > 1:
                     self.truncated = (number, "the last line is cut short (the run was killed while writing it?)")

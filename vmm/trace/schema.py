@@ -258,12 +258,13 @@ class Schema:
         names = properties.keys()
         listed = tuple(properties.items())
 
+        needed = frozenset(required)
+
         def check_object(value):
             if type(value) is not dict:
                 return _type_problem(expected, value) if typed else None
-            for name in required:
-                if name not in value:
-                    return Problem(f'missing "{name}"')
+            if not needed <= value.keys():
+                return Problem(f'missing "{next(name for name in required if name not in value)}"')
             if extra is None:     # other fields are free: only the listed ones need a look
                 for name, check in listed:
                     if name in value:
