@@ -1,7 +1,8 @@
 """`vmm trace show`: a trace as an analyst reads it, like `qemu -d in_asm,cpu` with gdb's
 `symbol+offset`: each event with its registers and page dumps, each instruction with its
 address, bytes, disassembly and the registers it changed, each leave with its reason.
-Streamed: what is printed never waits for more than a window of records (see disasm)."""
+Streamed: each record is printed as it is read, its disassembly from a disasm.Lookahead on
+the same file. Events of different vCPUs interleave as they ran, each switch marked."""
 import json
 from dataclasses import dataclass
 

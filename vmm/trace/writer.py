@@ -32,19 +32,20 @@ def _insn_formatter(mask, falls_through, fields=False):
     """An insn line whose changed registers are the non-zero bytes of mask (GENERAL_REGISTERS
     order), as a function (the line's start up to its step, step, rip, [the gpa field,] bytes
     in hex, registers after[, the mem field]) -> line, the bracketed ones when `fields`: an
-    f-string compiled for that mask, which reads the changed values by index (no tuple built,
-    no template parsed per line). When the instruction falls through, the new rip is implied
-    (rip + length) and not written. The source is made of the register names only."""
-    written = ['"%s":"{values[%d]:#x}"' % (name, index)
+    f-string compiled for that mask, which reads the changed values by index and writes them
+    with hex() (no tuple built, no template or format spec parsed per line). When the
+    instruction falls through, the new rip is implied (rip + length) and not written. The
+    source is made of the register names only."""
+    written = ['"%s":"{h(values[%d])}"' % (name, index)
                for index, (name, changed) in enumerate(zip(GENERAL_REGISTERS, mask))
                if changed and not (name == "rip" and falls_through)]
     registers = ',"regs":{{' + ",".join(written) + "}}" if written else ""
     if fields:
-        return eval("lambda start, step, rip, gpa, code, values, memory: "   # noqa: S307 - constants only
-                    "f'{start}{step},\"rip\":\"{rip:#x}\"{gpa},\"bytes\":\"{code}\"" + registers
+        return eval("lambda start, step, rip, gpa, code, values, memory, h=hex: "   # noqa: S307 - constants only
+                    "f'{start}{step},\"rip\":\"{h(rip)}\"{gpa},\"bytes\":\"{code}\"" + registers
                     + "{memory}}}\\n'")
-    return eval("lambda start, step, rip, code, values: "   # noqa: S307 - constants only
-                "f'{start}{step},\"rip\":\"{rip:#x}\",\"bytes\":\"{code}\"" + registers + "}}\\n'")
+    return eval("lambda start, step, rip, code, values, h=hex: "   # noqa: S307 - constants only
+                "f'{start}{step},\"rip\":\"{h(rip)}\",\"bytes\":\"{code}\"" + registers + "}}\\n'")
 
 
 def _code_bits(sregs):
