@@ -180,6 +180,24 @@ struct kvm_device_attr {
     __u64 addr;
 };
 
+struct kvm_coalesced_mmio_zone {
+    __u64 addr;
+    __u32 size;
+    __u32 pad;
+};
+
+struct kvm_coalesced_mmio {
+    __u64 phys_addr;
+    __u32 len;
+    __u32 pad;
+    __u8 data[8];
+};
+
+struct kvm_coalesced_mmio_ring {
+    __u32 first, last;
+    struct kvm_coalesced_mmio coalesced_mmio[];
+};
+
 struct kvm_exec_trap {
     __u64 gpa;
     __u64 size;

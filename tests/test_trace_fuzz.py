@@ -14,6 +14,7 @@ from trace_samples import HEADER, PAGE, event, random_steps, summary
 from vmm.cli import main
 from vmm.trace.writer import TraceWriter
 from vmm.v2e.events import Decision
+from vmm.x86.registers import GENERAL_REGISTERS
 
 pytestmark = pytest.mark.malformed_traces
 
@@ -40,6 +41,11 @@ def sample(path, rng):
                      "#PF" if index == 3 else None)
         total, steps = total + count, steps + count + 1
         pages = [(PAGE, bytes(4096)), (PAGE + 0x1000, bytes(4096))]
+    writer.annotate({"type": "layer", "layer": 1, "vcpu": 0, "entry": {"gpa": "0x201000", "gva": "0x201000",
+                                                                       "rip": "0x201000"},
+                     "mode": "long", "bits": 64, "regs": {name: "0x0" for name in GENERAL_REGISTERS}, "cr3": "0x2000",
+                     "region": {"gpa": "0x201000", "size": 4096, "sha256": "0" * 64, "file": "layer-1-0x201000.bin"},
+                     "pages_written": ["0x201000"], "last_writer_rip": None, "backend": "stock"})
     writer.close(summary(3, total, steps, watched=[(PAGE, PAGE + 0x2000)]))
 
 

@@ -257,9 +257,9 @@ def test_a_loop_is_decoded_once_and_rewritten_code_again(machine, tmp_path, monk
     """Decoding is memoised by the bytes at RIP: the same bytes decode once, and code the
     guest rewrites under the tracer is traced as it is now."""
     decoded = []
-    real_decode = stepper_module.insn.decode
-    monkeypatch.setattr(stepper_module.insn, "decode",
-                        lambda code, bits: decoded.append(code) or real_decode(code, bits))
+    real_decode = stepper_module.decoder.decode
+    monkeypatch.setattr(stepper_module.decoder, "decode",
+                        lambda code, bits, vendor: decoded.append(code) or real_decode(code, bits, vendor))
     vm = machine(serial_output=io.BytesIO(), mem_size=MEM)
     # mov $3, %ecx; 1: mov $1, %al; incb 0x200006 (the mov's immediate); dec %ecx; jnz 1b; hlt
     code = bytes.fromhex("b903000000" "b001" "fe042506002000" "ffc9" "75f3" "f4")

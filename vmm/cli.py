@@ -12,6 +12,7 @@ from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
 from .trace import cli as trace_cli
+from .unpack import cli as unpack_cli
 from .v2e import cli as v2e_cli
 from .version import PrintVersion
 from .x86 import boot
@@ -113,6 +114,7 @@ def build_parser():
     run.add_argument("--hide-hypervisor", action="store_true",
                      help="CPUID without the hypervisor bit and the hypervisor leaves (no kvmclock)")
     v2e_cli.add_run_options(run)
+    unpack_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
@@ -183,6 +185,7 @@ def command_run(args):
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                      args.append, modules)
         v2e_cli.attach(machine, args, stack, image)
+        unpack_cli.attach(machine, args, stack)
         exit_stats = None
         if args.stats or args.stats_json:
             exit_stats = ExitStats()

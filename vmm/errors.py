@@ -10,6 +10,7 @@ EXIT_TRIPLE_FAULT = 4
 EXIT_KVM_ERROR = 6
 EXIT_GUEST_ASSERT = 8
 EXIT_NO_KVM = 10
+EXIT_OUTPUT = 12         # a dump or trace could not be written (disk full, directory gone)
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130   # SIGINT
 EXIT_TERMINATED = 143    # SIGTERM
@@ -23,6 +24,12 @@ class VmmError(Exception):
 
 class BadInput(VmmError):
     """A malformed argument, image or file."""
+
+
+class OutputError(VmmError):
+    """A dump or trace file could not be written."""
+
+    exit_status = EXIT_OUTPUT
 
 
 class KvmUnavailable(VmmError):

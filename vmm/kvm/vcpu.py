@@ -70,6 +70,14 @@ class Vcpu(libc.FileDescriptor):
             raise KvmError("KVM_RUN", error)
         return _decode(self.run_struct, self._view, self._io, self._debug)
 
+    def mapping_page(self, page_offset):
+        """A view of one page of the vCPU's mapping (page 0 is kvm_run; KVM puts the PIO data
+        and the coalesced MMIO ring on the pages its capabilities name)."""
+        start = page_offset * 4096
+        if not 0 < page_offset or start + 4096 > self._mmap_size:
+            raise ValueError(f"page {page_offset} is outside the vCPU mapping of {self._mmap_size} bytes")
+        return self._view[start:start + 4096]
+
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
         self._thread_id = threading.get_ident()

@@ -1,5 +1,6 @@
 """A machine: one VM with its RAM, devices, vCPUs and run loops."""
 import contextlib
+import functools
 import threading
 import time
 
@@ -7,7 +8,7 @@ from ..devices.bus import MmioBus, PortBus, SerializedDevice
 from ..devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
 from ..devices.serial import COM1_BASE, PORT_COUNT, Uart16550
 from ..devices.ucall import UCALL_PORT, UcallPort
-from ..errors import BadInput, VmmError
+from ..errors import EXIT_KVM_ERROR, BadInput, VmmError
 from ..kvm import Kvm, install_kick_handler, kick_handler_installed
 from ..loaders import flat
 from ..x86 import boot, cpuid
@@ -118,6 +119,11 @@ class Machine:
         for vcpu in self.vcpus:
             vcpu.kick()
 
+    @functools.cached_property
+    def cpu_vendor(self):
+        """'intel' or 'amd': the vCPUs' instruction set, as KVM's CPUID has it."""
+        return cpuid.vendor(self.kvm.supported_cpuid())
+
     def pause(self, exempt=None):
         """Park every vCPU (but the one with id `exempt`, when a vCPU thread asks for the others)
         between two KVM_RUNs; returns a Pause once they are all parked (resume() it, or use it
@@ -175,8 +181,9 @@ class Machine:
     def _run_vcpu(self, loop, errors):
         try:
             loop.run()
-        except VmmError as error:
-            self.stop(kvm_error(f"vCPU {loop.vcpu.id}: {error}"))
+        except VmmError as error:   # a KVM error, or an analysis that cannot go on (a dump failed)
+            kind = "kvm-error" if error.exit_status == EXIT_KVM_ERROR else "error"
+            self.stop(Outcome(kind, error.exit_status, f"vCPU {loop.vcpu.id}: {error}", vcpu_id=loop.vcpu.id))
         except BaseException as error:  # a VMM bug: stop the others, re-raise in the caller
             errors.append(error)
             self.stop(kvm_error(f"vCPU {loop.vcpu.id}: internal error: {error!r}"))

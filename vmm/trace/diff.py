@@ -1,7 +1,8 @@
 """`vmm trace diff A B`: where two traces of the same guest first part ways.
 
 The traces may come from another backend, another host, or watches of another granularity:
-only the instructions at guest-physical addresses both traces watched are compared, each
+only the instructions at guest-physical addresses both traces watched are compared (all of
+them when a trace's watched set was chosen as it ran: its header watches nothing), each
 vCPU's in the order they executed, whatever events they fell in (the vCPUs' events may
 interleave differently in the two files). Two instructions are the same when their address,
 bytes, the registers after them and (when both traces have them) their memory operands are.
@@ -13,7 +14,7 @@ from operator import itemgetter
 from ..errors import BadInput
 from ..x86.registers import GENERAL_REGISTERS
 from .reader import Insn, Leave, Summary
-from .show import insn_line, memory_text
+from .show import insn_line, memory_text, ranges_text
 
 # Instructions of one vCPU the other trace has not reached yet, held at most.
 MAX_HELD = 1 << 16
@@ -40,9 +41,13 @@ class _Side:
         self.complete = False    # its summary was read
 
     def instructions(self, common):
+        """Its instructions in the common ranges (None: all)."""
         for record in self._records:
             kind = type(record)
             if kind is Insn:
+                if common is None:
+                    yield record
+                    continue
                 gpa = record.gpa
                 for start, end in common:
                     if start <= gpa < end:
@@ -58,10 +63,13 @@ def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore
     """Write the comparison of two traces ((path, records from the header on) each); True
     when they diverge."""
     a, b = _Side("A", *side_a), _Side("B", *side_b)
-    common = _common(a.header.watched, b.header.watched)
-    if not common:
-        raise BadInput(f"{a.path} and {b.path} watch no common range: nothing to compare")
-    ranges = ", ".join(f"{start:#x}-{end:#x}" for start, end in common)
+    if a.header.watched and b.header.watched:
+        common = _common(a.header.watched, b.header.watched)
+        if not common:
+            raise BadInput(f"{a.path} and {b.path} watch no common range: nothing to compare")
+        ranges = ranges_text(common)
+    else:
+        common, ranges = None, "the ranges watched as they ran"
     write(f"A: {a.path}\nB: {b.path}\n")
     if a.header.image_sha256 and b.header.image_sha256 and a.header.image_sha256 != b.header.image_sha256:
         write("note: the traces name different images (their sha256 differ)\n")

@@ -137,7 +137,7 @@ class Disassembler:
 
     def _options(self, bits):
         options = ["intel"] if self.syntax == "intel" else []
-        if bits == 64 and self.vendor in ("intel", "amd", "hygon"):
+        if bits == 64 and self.vendor in ("intel", "amd"):
             options.append("intel64" if self.vendor == "intel" else "amd64")
         return ["-M", ",".join(options)] if options else []
 

@@ -110,6 +110,19 @@ class Leave:
 
 
 @dataclass(slots=True)
+class Layer:
+    line: int
+    index: int
+    vcpu: int
+    rip: int
+    gpa: int
+    region: int           # the dumped region's guest-physical address
+    size: int
+    file: str
+    record: dict
+
+
+@dataclass(slots=True)
 class Summary:
     line: int
     events: int
@@ -201,7 +214,7 @@ class TraceReader:
             break
         state = _State()
         handlers = {"event": self._event, "page": self._page, "insn": self._insn, "leave": self._leave,
-                    "summary": self._summary}
+                    "layer": self._layer, "summary": self._summary}
         check = self._check
         for number, record in lines:
             if type(record) is dict and record.get("type") == "header":
@@ -350,6 +363,11 @@ class TraceReader:
         return Leave(number, index, record["reason"], record.get("detail"), int(record["rip"], 16),
                      record["instructions"], record["steps"], record)
 
+    def _layer(self, number, record, state):
+        entry, region = record["entry"], record["region"]
+        return Layer(number, record["layer"], record["vcpu"], int(entry["rip"], 16), int(entry["gpa"], 16),
+                     int(region["gpa"], 16), region["size"], region["file"], record)
+
     def _summary(self, number, record, state):
         if state.open:
             self._fail(number, f"the summary comes before event {min(state.open)} has its leave record")
@@ -358,8 +376,8 @@ class TraceReader:
                                f"instructions, the trace holds {state.events} and {state.instructions}")
         if state.seen_ahead:
             self._fail(number, f"event {state.unseen} is missing")
-        if record["backend"] != self.header.backend or record["watched"] != self.header.record["watched"]:
-            self._fail(number, "the summary's backend or watched ranges differ from the header's")
+        if record["backend"] != self.header.backend:
+            self._fail(number, f"the summary's backend {record['backend']} is not the header's {self.header.backend}")
         state.summary = True
         return Summary(number, record["events"], record["instructions"], record["steps"], record["outcome"],
                        record["exit_status"], record["message"], record)

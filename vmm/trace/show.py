@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..x86.registers import GENERAL_REGISTERS
 from .format import plural
-from .reader import Event, Header, Insn, Leave, Page, Summary
+from .reader import Event, Header, Insn, Layer, Leave, Page, Summary
 
 _REGISTERS_PER_ROW = 6
 
@@ -70,19 +70,24 @@ def memory_text(memory):
     return " ".join(parts)
 
 
+def ranges_text(ranges):
+    """Watched ranges ((start, end) numbers) as text."""
+    return ", ".join(f"{start:#x}-{end:#x}" for start, end in ranges) or "nothing"
+
+
 def header_line(header, path):
     image = "no image named" if header.image is None else (
         f"image {header.image}" + (f" (sha256 {header.image_sha256[:16]}...)" if header.image_sha256 else ""))
-    ranges = ", ".join(f"{start:#x}-{end:#x}" for start, end in header.watched)
     return (f"trace {path}: format version {header.record['version']} from vmm {header.vmm_version}, started "
-            f"{header.started}; {image}; {header.backend} backend, {header.cpu_vendor} CPU, watched {ranges}")
+            f"{header.started}; {image}; {header.backend} backend, {header.cpu_vendor} CPU, watched "
+            f"{ranges_text(header.watched)}")
 
 
 def event_line(event, symbolize=None):
     gva = "gva unknown" if event.gva is None else f"gva {event.gva:#x}"
     name = symbolize(event.rip) if symbolize else None
     where = f"{event.rip:#x} <{name}>" if name else f"{event.rip:#x}"
-    return (f"event {event.index}: vCPU {event.vcpu} executes watched page {event.gpa & ~0xFFF:#x} at rip "
+    return (f"event {event.index}: vCPU {event.vcpu} executes watched page {event.page:#x} at rip "
             f"{where} (gpa {event.gpa:#x}, {gva}; {event.mode} mode, {event.bits}-bit code, {event.backend} "
             f"backend) -> {event.decision}")
 
@@ -93,8 +98,13 @@ def leave_line(leave):
             f"{leave.steps} stepped instructions")
 
 
+def layer_line(layer):
+    return (f"layer {layer.index}: vCPU {layer.vcpu} runs code it wrote at rip {layer.rip:#x} (gpa {layer.gpa:#x}); "
+            f"{layer.size} bytes from {layer.region:#x} dumped to {layer.file}")
+
+
 def summary_line(summary, header):
-    ranges = ", ".join(f"{start:#x}-{end:#x}" for start, end in header.watched)
+    ranges = ranges_text((int(start, 16), int(end, 16)) for start, end in summary.record["watched"])
     return (f"summary: {plural(summary.events, 'event')}, {plural(summary.instructions, 'instruction')} traced, "
             f"{header.backend} backend, watched {ranges}; run ended: {summary.outcome} "
             f"(exit status {summary.exit_status}): {summary.message}")
@@ -225,6 +235,9 @@ class Show:
             if event is not None:
                 self._switch_to(event)
             self._write(leave_line(record) + "\n")
+        elif kind is Layer:
+            self._current = None
+            self._write(layer_line(record) + "\n")
         elif kind is Summary:
             self.ended = True
             self._write(summary_line(record, self.header) + "\n")

@@ -89,14 +89,16 @@ class Statistics:
         total = self.instructions
         if self.summary is None:
             write("  (no summary: the trace is incomplete)\n")
-        watched_pages = sum((end - start) // PAGE_SIZE for start, end in self.header.watched)
+        watched = self.header.watched if self.summary is None else [
+            (int(start, 16), int(end, 16)) for start, end in self.summary.record["watched"]]
+        watched_pages = sum((end - start) // PAGE_SIZE for start, end in watched)
         code_pages = sorted({gpa & PAGE_MASK for gpa in self.sites}
                             | {(gpa + length - 1) & PAGE_MASK for gpa, length in self.sites.items()})
         shown_pages = ", ".join(f"{page:#x}" for page in code_pages[:8]) + (", ..." if len(code_pages) > 8 else "")
         write(f"totals: {plural(self.events, 'event')}, {plural(total, 'instruction')} traced\n")
         write(f"code: {plural(len(self.sites), 'distinct instruction')} ({plural(_covered(self.sites), 'byte')}) in "
-              f"{len(code_pages)} of {plural(watched_pages, 'watched page')} ({watched_pages * 4} KiB)"
-              + (f": {shown_pages}" if code_pages else "") + "\n")
+              f"{plural(len(code_pages), 'page')}" + (f": {shown_pages}" if code_pages else "")
+              + f" (watched at the end: {plural(watched_pages, 'page')}, {watched_pages * 4} KiB)\n")
         write(f"page contents stored: {plural(self.page_records, 'distinct page')} ({self.page_bytes // 1024} KiB) "
               f"for {plural(self.page_references, 'page reference')} by the events\n")
         if self.memory_accesses:

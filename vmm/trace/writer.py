@@ -145,6 +145,10 @@ class TraceWriter:
         self._events.pop(event.index, None)
         self._write(record)
 
+    def annotate(self, record):
+        """A record of another analysis, in order with the rest (a layer of vmm run --unpack)."""
+        self._write(record)
+
     def flush(self):
         with self._lock:
             self._write_pending()

@@ -55,8 +55,8 @@ def attach(machine, args, stack, image):
     ranges += page_ranges(page for page in symbol_pages
                           if not any(start <= page < end for start, end in args.watch))
     if not ranges:
-        if args.trace:
-            raise BadInput("--trace needs at least one --watch range or --watch-symbol")
+        if args.trace and args.unpack is None:
+            raise BadInput("--trace needs at least one --watch range, --watch-symbol or --unpack")
         return None
     engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace,
                  max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step,

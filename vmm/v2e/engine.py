@@ -22,11 +22,10 @@ from ..errors import EXIT_OK, VmmError
 from ..machine.outcome import Outcome, kvm_error
 from ..trace.writer import TraceWriter
 from ..version import version
-from ..x86.cpuid import vendor
 from ..x86.mode import cpu_mode, linear_rip
 from ..x86.paging import PAGE_SIZE
 from ..x86.registers import CR0_PE, RIP, general_registers_as_dict, special_registers_as_dict
-from .backends import select_backend
+from .backends import NoTrap, select_backend
 from .events import Decision, EmulateEvent, Step
 from .policy import StepEveryVcpu
 from .stepper import Stepper, new_instruction_memo
@@ -63,6 +62,9 @@ class CallbackRecorder:
     def leave(self, event, reason, rip, instructions, steps, detail=None):
         pass
 
+    def annotate(self, record):
+        pass
+
     def flush(self):
         pass
 
@@ -82,14 +84,16 @@ class V2E:
     def __init__(self, machine, ranges, backend="auto", trace_path=None,
                  max_instructions=DEFAULT_MAX_INSTRUCTIONS, on_event=None, on_instruction=None,
                  tsc_per_step=DEFAULT_TSC_PER_STEP, image_path=None, image=None):
+        """backend None: no trap; nothing is watched until trace_region() says so."""
         if max_instructions < 1:
             raise VmmError(f"the instruction budget must be at least 1, got {max_instructions}")
         if not 0 <= tsc_per_step < 1 << 32:
             raise VmmError(f"the TSC cycles per traced instruction must be between 0 and 2^32, got {tsc_per_step}")
         real_mode = not machine.vcpus[0].get_sregs().cr0 & CR0_PE
         self.machine = machine
-        self.watch = WatchSet(ranges, machine.memory, "real" if real_mode else "protected")
-        self.backend = select_backend(backend, machine, self.watch)
+        self.watch = WatchSet(ranges, machine.memory, "real" if real_mode else "protected",
+                              allow_empty=backend is None)
+        self.backend = NoTrap() if backend is None else select_backend(backend, machine, self.watch)
         self.max_instructions = max_instructions
         self.tsc_per_step = tsc_per_step
         self.on_event = on_event
@@ -102,6 +106,7 @@ class V2E:
         self._lock = threading.Lock()
         self._policy = StepEveryVcpu(machine, self.backend, self._new_stepper)
         self._recorders = []
+        self._regions = {}          # vCPU id -> pages trace_region() watches until its event ends
         if trace_path:
             self._recorders.append(TraceWriter(trace_path, self._trace_header(image_path, image)))
         if on_instruction:
@@ -112,7 +117,8 @@ class V2E:
             self.backend.start()
             self._started = True
             for loop in machine.loops:
-                self._interceptions.append(self._intercept_trap(loop))
+                if self.backend.exit_reason is not None:
+                    self._interceptions.append(self._intercept_trap(loop))
         except BaseException:
             self.close()
             raise
@@ -121,7 +127,7 @@ class V2E:
         return {"vmm_version": version(), "image": image_path,
                 "image_sha256": None if image is None else hashlib.sha256(image).hexdigest(),
                 "watched": self.watch.ranges, "backend": self.backend.name,
-                "cpu_vendor": vendor(self.machine.kvm.supported_cpuid()),
+                "cpu_vendor": self.machine.cpu_vendor,
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def _intercept_trap(self, loop):
@@ -131,7 +137,7 @@ class V2E:
 
     def _new_stepper(self, loop):
         return Stepper(self, loop, self.machine.memory, self.watch.pages, self._memo, self._sync_regs,
-                       self.tsc_per_step, self.machine.machine_type == "pc")
+                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor)
 
     @property
     def instructions(self):
@@ -159,6 +165,21 @@ class V2E:
         # Every vCPU single-steps while the trap is disarmed; this one's Stepper has begun the
         # event at the trapped instruction (or the machine is stopping).
         self._policy.start(vcpu)
+
+    def trace_region(self, loop, pages):
+        """From loop's vCPU thread: watch `pages` until the event that starts at the instruction
+        about to execute ends (the caller knows that instruction lies in them)."""
+        self.watch.add(pages)
+        with self._lock:
+            self._regions.setdefault(loop.vcpu.id, set()).update(pages)
+        stepper = self._policy.start(loop.vcpu)
+        if stepper is not None and stepper.event is None:
+            stepper.reposition()
+
+    def annotate(self, record):
+        """Write a record of another kind (an unpacking layer, say) into the trace."""
+        for recorder in self._recorders:
+            recorder.annotate(record)
 
     # -- the steppers' engine ------------------------------------------------
 
@@ -214,6 +235,10 @@ class V2E:
             reason = "budget"
         for recorder in self._recorders:
             recorder.leave(event, reason, rip, stepper.traced, stepper.steps, detail)
+        with self._lock:
+            region = self._regions.pop(stepper.vcpu.id, None)
+        if region:
+            self.watch.discard(region)
 
     def idle(self, stepper):
         """A vCPU has run unwatched code for a while: with no vCPU in watched code, re-arm."""
@@ -261,6 +286,7 @@ class V2E:
             for recorder in self._recorders:
                 recorder.close(summary)
             self._recorders = []
+        self._regions = {}          # vCPU id -> pages trace_region() watches until its event ends
 
     def close(self):
         self.finish()

@@ -26,7 +26,8 @@ An exception or interrupt delivered during a step is recognised by the frame the
 import kvm_abi as abi
 
 from ..kvm import exits
-from ..x86 import idt, insn, paging
+from ..x86 import decoder, idt, paging
+from ..x86.decoder import Flow
 from ..x86.mode import code_segment, cpu_mode
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_ENABLE, MSR_IA32_TSC, MSR_TSC_AUX, R11, RAX, RCX, RDX,
@@ -41,19 +42,15 @@ MAX_CACHED_PAGES = 1 << 12
 # branch (its direct target or the next instruction, or for ret the return address), a far
 # transfer or mode change (anything; the special registers are re-read), HLT.
 _ORDINARY, _NEAR_BRANCH, _MODE_CHANGE, _HLT = range(4)
-_MODE_CHANGERS = frozenset((0x9A, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xEA, 0xF1,
-                            0x0F00, 0x0F01, 0x0F05, 0x0F06, 0x0F07, 0x0F22, 0x0F30, 0x0F34, 0x0F35, 0x0FAA))
-# Group 5 (FF) by ModRM.reg: inc, dec, near call, far call, near jmp, far jmp, push.
-_GROUP_5 = (0, 0, 1, 2, 1, 2, 0, 2)
-_NEAR_BRANCHES = frozenset((*range(0x70, 0x80), 0xC2, 0xC3, 0xE0, 0xE1, 0xE2, 0xE3, 0xE8, 0xE9, 0xEB,
-                            *range(0x0F80, 0x0F90)))
+_KINDS = {Flow.ORDINARY: _ORDINARY, Flow.NEAR_BRANCH: _NEAR_BRANCH, Flow.FAR_OR_MODE_CHANGE: _MODE_CHANGE,
+          Flow.HLT: _HLT}
 _RETURNS = frozenset((0xC2, 0xC3))
-_SOFTWARE_INTERRUPTS = frozenset((0xCC, 0xCD, 0xCE, 0xF1))
-HLT_OPCODE = 0xF4
+# Instructions that always deliver an exception or a software interrupt: int3, int n, into,
+# int1, ud0, ud1, ud2 (and bytes the decoder does not know: #UD).
+_DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
 # Instructions the stepper looks at more closely (see the module docstring).
 _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
-_LEGACY_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3))
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
 # How far above the stack pointer the stepper looks for an exception frame (an error code,
@@ -72,46 +69,12 @@ def new_instruction_memo():
     return {16: {}, 32: {}, 64: {}}
 
 
-def _opcode_at(code, bits):
-    """Index of the opcode byte (after legacy prefixes and, in 64-bit code, REX)."""
-    index = 0
-    while index < len(code) and code[index] in _LEGACY_PREFIXES:
-        index += 1
-    if bits == 64 and index < len(code) and 0x40 <= code[index] <= 0x4F:
-        index += 1
-    return index
-
-
-def _flow(code, opcode, bits):
-    """_ORDINARY, _NEAR_BRANCH, _MODE_CHANGE or _HLT."""
-    if opcode == HLT_OPCODE:
-        return _HLT
-    if opcode == 0xFF:
-        at = _opcode_at(code, bits) + 1
-        return (_ORDINARY, _NEAR_BRANCH, _MODE_CHANGE)[_GROUP_5[(code[at] >> 3) & 7]] if at < len(code) else _MODE_CHANGE
-    if opcode in _MODE_CHANGERS:
-        return _MODE_CHANGE
-    return _NEAR_BRANCH if opcode in _NEAR_BRANCHES else _ORDINARY
-
-
-def _special(code, opcode, bits):
-    kind = _SPECIAL.get(opcode, _PLAIN)
-    if opcode == 0x8E:   # mov to a segment register: ModRM.reg 2 is SS
-        at = _opcode_at(code, bits) + 1
-        kind = _SS_LOAD if at < len(code) and (code[at] >> 3) & 7 == 2 else _PLAIN
-    elif opcode == 0x0F01 and code[-1] == 0xF9:
-        kind = _RDTSCP
-    return kind
-
-
-def _direct_displacement(code, opcode, bits):
-    """The displacement of a relative near branch (target = next RIP + displacement), else None."""
-    if opcode in (*range(0x70, 0x80), 0xE0, 0xE1, 0xE2, 0xE3, 0xEB):
-        return int.from_bytes(code[-1:], "little", signed=True)
-    if opcode in (0xE8, 0xE9) or 0x0F80 <= opcode <= 0x0F8F:
-        size = 2 if len(code) - _opcode_at(code, bits) - (2 if opcode > 0xFF else 1) == 2 else 4
-        return int.from_bytes(code[-size:], "little", signed=True)
-    return None
+def _special(instruction, code):
+    if instruction.opcode == 0x8E:   # mov to a segment register: ModRM.reg 2 is SS
+        return _SS_LOAD if instruction.reg == 2 else _PLAIN
+    if instruction.opcode == 0x0F01 and instruction.reg == 7 and code[instruction.length - 1] == 0xF9:
+        return _RDTSCP
+    return _SPECIAL.get(instruction.opcode, _PLAIN)
 
 
 class Stepper:
@@ -125,7 +88,7 @@ class Stepper:
     it has stepped REARM_AFTER_STEPS instructions outside watched code.
     """
 
-    def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel):
+    def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel, vendor):
         self.loop = loop
         self.vcpu = loop.vcpu
         self.event = None                 # the event being traced, or None while watching
@@ -141,6 +104,7 @@ class Stepper:
         self._synced = synced
         self._tsc_per_step = tsc_per_step
         self._halt_in_kernel = halt_in_kernel
+        self._vendor = vendor
         self._read_regs = self.vcpu.register_reader(synced)
         self._guest_tf = False            # the guest's own RFLAGS.TF
         self._tf_traps = False            # its TF was set when the instruction about to execute began
@@ -151,7 +115,7 @@ class Stepper:
         self._tsc_start = self._tsc_offset = None
         self._attached = False
         self._length = self._kind = self._special = self._displacement = self._self_branch = None
-        self._opcode = self._next_rip = None
+        self._opcode = self._next_rip = self._delivers = self._operand_bits = None
         self._cs_selector_before = self._cs_base_before = None   # CS when the instruction began
         # (CR3, linear page) -> (physical page, the walk's entries as (view, bytes)): a cached
         # translation is used only while the page-table entries it was read from are unchanged.
@@ -187,6 +151,10 @@ class Stepper:
         self.vcpu.sync_regs(False)
         self._page_view = None
         self.loop.release()
+
+    def reposition(self):
+        """Look again at the instruction about to execute (the watched pages changed)."""
+        self._position(self.vcpu.register_reader(False)())
 
     def abandon(self):
         """The run ended while stepping (no vCPU thread runs): drop the vCPU's state."""
@@ -257,8 +225,8 @@ class Stepper:
             if self._kind == _HLT:
                 self._halted(values)
                 return
-            if self._opcode in _SOFTWARE_INTERRUPTS:   # int n, int3, into, int1: a delivery
-                self._unexpected(values, completed=True)
+            if self._delivers:   # int n, int3, ud2...: the vCPU is in a handler now
+                self._unexpected(values)
                 return
             returns_to = self._iret_target
             self._load_sregs(self.vcpu.get_sregs())
@@ -471,7 +439,7 @@ class Stepper:
     def _unmapped(self, rip, reason, detail):
         """RIP's page does not translate: the next fetch faults; nothing watched runs."""
         self.code, self.gpa, self.watched_page = b"", None, None
-        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None))
+        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits))
         if self.event is not None:
             self.end(rip, reason, detail)
 
@@ -499,8 +467,8 @@ class Stepper:
         offset = linear & ~PAGE_MASK
         self.gpa = self._page_gpa | offset
         next_page = None
-        if offset <= PAGE_SIZE - insn.MAX_LENGTH:
-            code = self._page_view[offset:offset + insn.MAX_LENGTH].tobytes()
+        if offset <= PAGE_SIZE - decoder.MAX_LENGTH:
+            code = self._page_view[offset:offset + decoder.MAX_LENGTH].tobytes()
         else:
             code, next_page = self._code_across_pages(linear)
         self._set_instruction(rip, self._decoded.get(code) or self._decode(code))
@@ -513,28 +481,25 @@ class Stepper:
 
     def _set_instruction(self, rip, decoded):
         (self.code, self._length, self._kind, self._self_branch, self._special, self._displacement,
-         self._opcode) = decoded
+         self._opcode, self._delivers, self._operand_bits) = decoded
         self._next_rip = (rip + self._length) & self._ip_mask
 
     def _decode_at(self, rip):
-        code = self._read_linear((self._cs_base + rip) & self._cs_mask, insn.MAX_LENGTH)
+        code = self._read_linear((self._cs_base + rip) & self._cs_mask, decoder.MAX_LENGTH)
         return None if code is None else (self._decoded.get(code) or self._decode(code))
 
     def _decode(self, code):
         """(instruction bytes, length, kind, branches to itself, special kind, direct branch
-        displacement, opcode) of the code at RIP, memoised by the 15 bytes read there, so a
-        loop is decoded once and rewritten code again."""
-        length_and_opcode = insn.decode(code, self._bits)
-        if length_and_opcode is None:
-            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None)
+        displacement, opcode, delivers an event, operand size) of the code at RIP, memoised by
+        the 15 bytes read there, so a loop is decoded once and rewritten code again."""
+        instruction = decoder.decode(code, self._bits, self._vendor)
+        if instruction is None:
+            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits)
         else:
-            length, opcode = length_and_opcode
-            instruction = code[:length]
-            kind = _flow(instruction, opcode, self._bits)
-            decoded = (instruction, length, kind, insn.branches_to_itself(instruction, opcode, self._bits),
-                       _special(instruction, opcode, self._bits),
-                       _direct_displacement(instruction, opcode, self._bits) if kind == _NEAR_BRANCH else None,
-                       opcode)
+            decoded = (code[:instruction.length], instruction.length, _KINDS[instruction.flow],
+                       instruction.branches_to_itself, _special(instruction, code), instruction.relative,
+                       instruction.opcode, instruction.opcode in _DELIVERING or not instruction.known,
+                       instruction.operand_bits)
         if len(self._decoded) >= MAX_MEMOISED_INSTRUCTIONS:
             self._decoded.clear()
         self._decoded[code] = decoded
@@ -544,7 +509,7 @@ class Stepper:
         """Up to 15 bytes at linear, whose page ends within 15 bytes: the rest comes from the
         next linear page, wherever that is mapped; and that page's gpa (or None)."""
         code = self._page_view[linear & ~PAGE_MASK:].tobytes()
-        rest = insn.MAX_LENGTH - len(code)
+        rest = decoder.MAX_LENGTH - len(code)
         next_gpa = self._translate((linear | ~PAGE_MASK) + 1)
         if next_gpa is not None and self._memory.contains(next_gpa, rest):
             code += self._memory.read(next_gpa, rest)
@@ -607,11 +572,8 @@ class Stepper:
         return data
 
     def _operand_bytes(self):
-        """pushf/popf/iret/ret operand size: the stack's, or the other one with a 66 prefix."""
-        size = _STACK_WORD[self._bits]
-        if 0x66 in self.code[:_opcode_at(self.code, self._bits)]:
-            size = 4 if self._bits == 16 else 2
-        return size
+        """pushf/popf/iret/ret operand size, as the decoder found it (64-bit code: 8 unless 66)."""
+        return self._operand_bits // 8
 
     def _stack_linear(self, rsp):
         if self._bits == 64:

@@ -2,6 +2,17 @@
 VM's CPU count filled in, and optionally without any sign of a hypervisor."""
 
 CPUID_HYPERVISOR = 1 << 31            # leaf 1 ECX: running under a hypervisor
+_AMD_VENDORS = (b"AuthenticAMD", b"HygonGenuine")
+
+
+def vendor(supported):
+    """'amd' or 'intel': whose instruction set the vCPUs decode (CPUID leaf 0; vendors other
+    than AMD and Hygon decode as Intel does)."""
+    for entry in supported:
+        if entry["function"] == 0:
+            name = b"".join(entry[register].to_bytes(4, "little") for register in ("ebx", "edx", "ecx"))
+            return "amd" if name in _AMD_VENDORS else "intel"
+    return "intel"
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 
 
@@ -24,19 +35,3 @@ def cpuid_for_vcpu(supported, vcpu_id, vcpu_count, hide_hypervisor=False):
             entry["edx"] = vcpu_id
         entries.append(entry)
     return entries
-
-
-_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon"}
-
-
-def vendor(supported):
-    """The CPU vendor from CPUID leaf 0 (EBX, EDX, ECX spell it): intel, amd, hygon, else the
-    vendor string's letters, digits and spaces in lower case, or "unknown"."""
-    for entry in supported:
-        if entry["function"] == 0:
-            name = b"".join(entry[register].to_bytes(4, "little") for register in ("ebx", "edx", "ecx"))
-            text = name.decode("ascii", "replace").strip("\0 ")
-            if text in _VENDORS:
-                return _VENDORS[text]
-            return "".join(c for c in text.lower() if c.isascii() and (c.isalnum() or c == " ")) or "unknown"
-    return "unknown"

@@ -111,3 +111,36 @@ def _walk_long(memory, sregs, linear, path):
         return None   # not canonical
     shifts = (48, 39, 30, 21, 12) if bits == 57 else (39, 30, 21, 12)
     return _walk_levels(memory, sregs.cr3 & _ADDRESS_MASK, linear, shifts, bool(sregs.efer & EFER_NXE), path)
+
+
+def table_pages(memory, sregs, limit=8192):
+    """The guest-physical pages of the paging structures reachable from CR3 (at most `limit`):
+    what the CPU's page walks read and set accessed and dirty bits in."""
+    if not sregs.cr0 & CR0_PG:
+        return set()
+    found = set()
+    if not sregs.cr4 & CR4_PAE:
+        tables = [(sregs.cr3 & 0xFFFFF000, 4, 1)]       # (table, entry size, levels below it)
+    elif not sregs.efer & EFER_LMA:
+        pdpt = sregs.cr3 & 0xFFFFFFE0
+        found.add(pdpt & PAGE_MASK)
+        tables = [(entry & _ADDRESS_MASK, 8, 1) for entry in _entries(memory, pdpt, 4, 8) if entry & PTE_P]
+    else:
+        tables = [(sregs.cr3 & _ADDRESS_MASK, 8, 4 if sregs.cr4 & CR4_LA57 else 3)]
+    while tables and len(found) < limit:
+        table, size, below = tables.pop()
+        if table in found or not memory.contains(table, PAGE_SIZE):
+            continue
+        found.add(table)
+        if below == 0:
+            continue
+        for entry in _entries(memory, table, PAGE_SIZE // size, size):
+            if entry & PTE_P and not (entry & PTE_PS and (below < 3 or size == 4)):
+                address = entry & (0xFFFFF000 if size == 4 else _ADDRESS_MASK)
+                tables.append((address, size, below - 1))
+    return found
+
+
+def _entries(memory, table, count, size):
+    data = memory.read(table, count * size) if memory.contains(table, count * size) else b""
+    return [int.from_bytes(data[at:at + size], "little") for at in range(0, len(data), size)]

@@ -5,7 +5,8 @@ architectural bits of the control, flags and EFER registers the VMM uses."""
 GENERAL_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
                      "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 GPRS = GENERAL_REGISTERS[:16]
-RAX, RCX, RDX, RSP, R11 = (GENERAL_REGISTERS.index(name) for name in ("rax", "rcx", "rdx", "rsp", "r11"))
+RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP = range(8)
+R11 = GENERAL_REGISTERS.index("r11")
 RIP = GENERAL_REGISTERS.index("rip")
 RFLAGS = GENERAL_REGISTERS.index("rflags")
 
