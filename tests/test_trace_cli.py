@@ -171,8 +171,8 @@ def test_stats_counts_events_code_blocks_and_mnemonics(traces):
     assert "page contents stored: 1 distinct page (4 KiB) for 2 page references by the events" in lines
     code = next(line for line in lines if line.startswith("code: "))
     # the payload's 21 instructions, 0x200000-0x200036, all run
-    assert code == "code: 21 distinct instructions (54 bytes) in 1 page: 0x200000 (watched at the end: 1 page, 4 KiB)", \
-        code
+    assert code == ("code: 21 distinct instructions (54 bytes) in 1 page: 0x200000 "
+                    "(watched at the end: 1 page, 4 KiB)"), code
     blocks = lines[lines.index(next(line for line in lines if line.startswith("hottest"))) + 1:]
     # The checksum loop's taken jnz back: its first turn runs on from the xor before it, its last
     # on to the ret, the other 14 are the 4-instruction block, in each of the 2 events.
