@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vmm.trace.format import SCHEMA_PATH, schema_document
+from vmm.trace.format import FORMAT, SCHEMA_PATH, VERSION, schema_document
 from vmm.trace.schema import Schema
 from vmm.x86.registers import CONTROL_REGISTERS, GENERAL_REGISTERS, SEGMENT_FIELDS, SEGMENT_REGISTERS, SYSTEM_SEGMENTS
 
@@ -95,3 +95,8 @@ def test_a_changed_schema_changes_what_is_valid():
     assert Schema(document).validator()(record) is not None
     document["$defs"]["hex64"]["pattern"] = "^0[xX][0-9a-fA-F]{1,16}$"
     assert Schema(document).validator()(record) is None
+
+
+def test_the_writer_writes_the_format_and_version_the_schema_fixes():
+    header = schema_document()["$defs"]["header"]["properties"]
+    assert (header["format"]["const"], header["version"]["const"]) == (FORMAT, VERSION)

@@ -1,6 +1,6 @@
-"""Trace format 2 (docs/trace-format.md): the schema file that defines its records, the format's
-name and version as the schema states them, and small helpers the writer and readers share. The schema is read
-when first needed, not when this is imported."""
+"""Trace format 2 (docs/trace-format.md): the schema file that defines its records (read when
+first needed, not when this is imported), the format's name and version, and small helpers the
+writer and readers share."""
 import functools
 import json
 import pathlib
@@ -22,9 +22,10 @@ def schema():
     return Schema(schema_document())
 
 
-def header_constant(field):
-    """What the schema fixes a header field to: "format" ("v2e-vmm trace"), "version" (2)."""
-    return schema_document()["$defs"]["header"]["properties"][field]["const"]
+# What the header's format and version fields hold (the schema fixes them to these, a test
+# checks). Here as well, so that writing a trace needs no data file beside the code.
+FORMAT = "v2e-vmm trace"
+VERSION = 2
 
 
 def hex_or_none(value):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..errors import BadInput
 from ..x86.paging import PAGE_MASK
 from ..x86.registers import GENERAL_REGISTERS, RIP
-from .format import header_constant, schema
+from .format import VERSION, schema
 
 # A line holds one record; the longest a writer makes is an event on a 3 GiB watched set (one
 # page reference per watched page), well under this.
@@ -242,12 +242,11 @@ class TraceReader:
         if kind != "header":
             if isinstance(kind, str) and kind in _V1_TYPES:
                 self._fail(number, f"a trace in format version 1 (no header record), which this vmm no longer "
-                                   f"reads; it reads version {header_constant('version')}: record the run again "
-                                   f"with `vmm run --trace`")
+                                   f"reads; it reads version {VERSION}: record the run again with `vmm run --trace`")
             self._fail(number, "not a trace: the first record is not a header record")
-        version, readable = record.get("version"), header_constant("version")
-        if type(version) is int and version != readable:
-            self._fail(number, f"a trace in format version {version}; this vmm reads version {readable}")
+        version = record.get("version")
+        if type(version) is int and version != VERSION:
+            self._fail(number, f"a trace in format version {version}; this vmm reads version {VERSION}")
         problem = self._check(record)
         if problem is not None:
             self._fail(number, f"header record: {problem}")

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from ..errors import BadInput
 from ..x86.mode import cpu_mode
 from ..x86.registers import GENERAL_REGISTERS, RIP
-from .format import header_constant, hex_or_none
+from .format import FORMAT, VERSION, hex_or_none
 
 # insn lines wait in memory in groups of this many (about 25 KiB on a register-only loop).
 PENDING_INSN_LINES = 256
@@ -90,7 +90,7 @@ class TraceWriter:
         # those with the gpa and mem fields, by (mask, falls through).
         self._formatters = ({}, {})
         self._field_formatters = {}
-        self._write({"type": "header", "format": header_constant("format"), "version": header_constant("version"),
+        self._write({"type": "header", "format": FORMAT, "version": VERSION,
                      "vmm_version": header["vmm_version"], "image": header["image"],
                      "image_sha256": header["image_sha256"],
                      "watched": [[f"{start:#x}", f"{end:#x}"] for start, end in header["watched"]],
