@@ -12,8 +12,10 @@ from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
 from .gdb import cli as gdb_cli
+from .trace import cli as trace_cli
 from .unpack import cli as unpack_cli
 from .v2e import cli as v2e_cli
+from .version import PrintVersion
 from .x86 import boot
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
@@ -80,6 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = _Parser(prog="vmm", description=package_doc)
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser("run", help="boot a guest image")
@@ -118,7 +121,7 @@ def build_parser():
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
     check.set_defaults(handler=doctor.command_doctor)
-    v2e_cli.add_trace_command(commands)
+    trace_cli.add_trace_command(commands)
     return parser
 
 
@@ -185,7 +188,7 @@ def command_run(args):
                      args.append, modules)
         debugger = gdb_cli.attach(machine, args, stack, image)
         engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
-        unpack_cli.attach(machine, args, stack)
+        unpack_cli.attach(machine, args, stack, image)
         gdb_cli.start(debugger, engine, stack)
         exit_stats = None
         if args.stats or args.stats_json:

@@ -2,7 +2,7 @@
 `monitor v2e watch` starts. One engine at a time watches a machine."""
 from ..errors import VmmError
 from ..v2e import V2E
-from ..v2e.trace import plural
+from ..trace.format import plural
 
 
 class Watching:
