@@ -9,7 +9,7 @@
  * or, with COMPAT, in 32-bit compatibility mode (a 32-bit program under a
  * 64-bit kernel, as WoW64 runs it); the set-up and the handlers are 64-bit
  * code. With TIMER the guest runs the local APIC timer checks alone, on
- * `--machine pc`.
+ * `--machine pc`; with SOFTINT the software interrupt checks alone.
  */
         .include "probe.inc"
 
@@ -30,7 +30,7 @@
         .set SEL_CODE32, 0x18
         .set MOV_IMM32_LENGTH, 5
 
-        .ifdef COMPAT
+        .if COMPAT
         .set SEL_CHECKS, SEL_CODE32
 .macro checks_code
         .code32
@@ -78,7 +78,7 @@
 .endm
         .endif
 
-        .ifdef TIMER
+        .if TIMER
         lapic_timer
         .endif
 
@@ -87,7 +87,7 @@
         .globl _start
 _start:
         jmp main
-        .ifdef TIMER
+        .if TIMER
         probe_header "--mode long --machine pc"
         .else
         probe_header "--mode long"
@@ -143,9 +143,13 @@ checks:
         copy_probe_window
         call read_selection
 
-        .ifdef TIMER
+        .if TIMER
         check "lapic-timer", check_timer
         check "lapic-timer-inpage", check_timer_inpage
+        .elseif SOFTINT
+        check "int3", check_int3
+        check "int-2d", check_int2d
+        check "icebp", check_icebp
         .else
         check "pushf-tf", check_pushf_tf
         check "trap-flag", check_trap_flag
@@ -165,9 +169,11 @@ checks:
         exit_with PROBES_DONE
 
         probe_library
-        .ifdef TIMER
+        .if TIMER
         lapic_timer_routines
         timer_checks
+        .elseif SOFTINT
+        softint_checks
         .else
         common_checks
         probe_page_fault_check
@@ -176,7 +182,7 @@ checks:
  * debugger's TF shows in the pushf right after them (64-bit code has no POP SS). */
 check_ss_shadow:
         call reset_events
-        .ifdef COMPAT
+        .if COMPAT
         call probe_pop_ss_run
         say "pop ss then pushf: "
         call put_tf
@@ -213,10 +219,12 @@ build_idt:
         mov $14, %edx
         mov $pf_handler, %eax
         call set_gate
-        .ifdef TIMER
+        .if TIMER
         mov $TIMER_VECTOR, %edx
         mov $timer_handler, %eax
         call set_gate
+        .elseif SOFTINT
+        softint_gates
         .endif
         lidt idt_pointer
         ret
@@ -296,6 +304,14 @@ ud_handler:
         push $0
         push $UD_VECTOR
         jmp fault
+bp_handler:
+        push $0
+        push $BP_VECTOR
+        jmp fault
+int2d_handler:
+        push $0
+        push $INT2D_VECTOR
+        jmp fault
 pf_handler:
         push $14
 /* [rsp] = vector, 8 = error code, 16 = RIP, 24 = CS, 32 = RFLAGS: note the
@@ -326,7 +342,7 @@ fault:
         push fault_vector               /* as a stub would */
         jmp unexpected
 
-        .ifdef TIMER
+        .if TIMER
 timer_handler:
         push %rax
         push %rdi
@@ -344,7 +360,7 @@ timer_handler:
 /* -- the probe window: copied to PROBE_PAGE - WINDOW_LEAD ---------------------- */
 
 .macro long_probes
-        .ifdef TIMER
+        .if TIMER
         probe_timer_bodies
 /* A timer handler in the probed page (64-bit code, as handlers are). */
         .code64
@@ -361,9 +377,11 @@ at inpage_timer_handler
         pop %rax
         iretq
         checks_code
+        .elseif SOFTINT
+        probe_softint_bodies
         .else
         probe_common_bodies
-        .ifdef COMPAT
+        .if COMPAT
 at probe_pop_ss
         push %ss
         pop %ss
@@ -399,7 +417,7 @@ at inpage_ud_handler
 .endm
 
         checks_code
-        .ifdef TIMER
+        .if TIMER | SOFTINT
         probe_window_begin cross=0
         long_probes
         probe_window_end cross=0

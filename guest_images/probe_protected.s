@@ -6,7 +6,8 @@
  * Assembled in variants (see the Makefile): flat; with PAGING, where it first
  * turns paging on with one 4 MiB page mapping the first 4 MiB (the next 4 MiB
  * are left out, to fault on) and adds the page-fault check; with TIMER, where
- * it runs the local APIC timer checks alone, on `--machine pc`.
+ * it runs the local APIC timer checks alone, on `--machine pc`; with SOFTINT,
+ * where it runs the software interrupt checks alone.
  */
         .include "probe.inc"
 
@@ -40,7 +41,7 @@
         mov %dr\n, %eax
 .endm
 
-        .ifdef TIMER
+        .if TIMER
         lapic_timer
         .endif
 
@@ -49,7 +50,7 @@
         .globl _start
 _start:
         jmp main
-        .ifdef TIMER
+        .if TIMER
         probe_header "--mode protected --machine pc"
         .else
         probe_header "--mode protected"
@@ -64,16 +65,20 @@ main:
         mov %ax, %fs
         mov %ax, %gs
         mov %ax, %ss
-        .ifdef PAGING
+        .if PAGING
         call enable_paging
         .endif
         call build_idt
         copy_probe_window
         call read_selection
 
-        .ifdef TIMER
+        .if TIMER
         check "lapic-timer", check_timer
         check "lapic-timer-inpage", check_timer_inpage
+        .elseif SOFTINT
+        check "int3", check_int3
+        check "int-2d", check_int2d
+        check "icebp", check_icebp
         .else
         check "pushf-tf", check_pushf_tf
         check "trap-flag", check_trap_flag
@@ -84,7 +89,7 @@ main:
         check "dr0-breakpoint", check_dr0_breakpoint
         check "divide-error", check_divide_error
         check "invalid-opcode", check_invalid_opcode
-        .ifdef PAGING
+        .if PAGING
         check "page-fault", check_page_fault
         .endif
         check "invalid-opcode-inpage", check_invalid_opcode_inpage
@@ -95,12 +100,14 @@ main:
         exit_with PROBES_DONE
 
         probe_library
-        .ifdef TIMER
+        .if TIMER
         lapic_timer_routines
         timer_checks
+        .elseif SOFTINT
+        softint_checks
         .else
         common_checks
-        .ifdef PAGING
+        .if PAGING
         probe_page_fault_check
         .endif
 
@@ -119,7 +126,7 @@ check_ss_shadow:
 
 /* -- set-up ------------------------------------------------------------------- */
 
-        .ifdef PAGING
+        .if PAGING
 enable_paging:
         mov $PAGE_DIRECTORY, %edi
         mov $1024, %ecx
@@ -162,10 +169,12 @@ build_idt:
         mov $14, %edx
         mov $pf_handler, %eax
         call set_gate
-        .ifdef TIMER
+        .if TIMER
         mov $TIMER_VECTOR, %edx
         mov $timer_handler, %eax
         call set_gate
+        .elseif SOFTINT
+        softint_gates
         .endif
         lidt idt_pointer
         ret
@@ -230,6 +239,14 @@ ud_handler:
         push $0
         push $UD_VECTOR
         jmp fault
+bp_handler:
+        push $0
+        push $BP_VECTOR
+        jmp fault
+int2d_handler:
+        push $0
+        push $INT2D_VECTOR
+        jmp fault
 pf_handler:
         push $14
 /* [esp] = vector, 4 = error code, 8 = EIP, 12 = CS, 16 = EFLAGS: note the
@@ -260,7 +277,7 @@ fault:
         push fault_vector               /* as a stub would */
         jmp unexpected
 
-        .ifdef TIMER
+        .if TIMER
 timer_handler:
         push %eax
         push %edi
@@ -278,7 +295,7 @@ timer_handler:
 /* -- the probe window: copied to PROBE_PAGE - WINDOW_LEAD ---------------------- */
 
 .macro protected_probes
-        .ifdef TIMER
+        .if TIMER
         probe_timer_bodies
 /* A timer handler in the probed page. */
 at inpage_timer_handler
@@ -293,6 +310,8 @@ at inpage_timer_handler
         pop %edi
         pop %eax
         iret
+        .elseif SOFTINT
+        probe_softint_bodies
         .else
         probe_common_bodies
 at probe_pop_ss
@@ -309,7 +328,7 @@ at probe_mov_ss
         pop %eax
         ret
 
-        .ifdef PAGING
+        .if PAGING
         probe_page_fault_body
         .endif
 
@@ -328,7 +347,7 @@ at inpage_ud_handler
         .endif
 .endm
 
-        .ifdef TIMER
+        .if TIMER | SOFTINT
         probe_window_begin cross=0
         protected_probes
         probe_window_end cross=0

@@ -5,8 +5,9 @@
  * like everything else here) and runs the checks; there is no paging, so no
  * page-fault check. Ends through the test-exit device with status 33.
  *
- * Assembled twice (see the Makefile): with TIMER the guest runs the timer
- * checks alone, with the PIT through the PIC, on `--machine pc`.
+ * Assembled in variants (see the Makefile): with TIMER the guest runs the timer
+ * checks alone, with the PIT through the PIC, on `--machine pc`; with SOFTINT
+ * the software interrupt checks alone.
  */
         .include "probe.inc"
 
@@ -34,7 +35,7 @@
         mov %dr\n, %eax
 .endm
 
-        .ifdef TIMER
+        .if TIMER
         pit_timer
         .endif
 
@@ -43,7 +44,7 @@
         .globl _start
 _start:
         jmp main
-        .ifdef TIMER
+        .if TIMER
         probe_header "--mode real --machine pc"
         .else
         probe_header "--mode real"
@@ -54,9 +55,13 @@ main:
         copy_probe_window
         call read_selection
 
-        .ifdef TIMER
+        .if TIMER
         check "pit-timer", check_timer
         check "pit-timer-inpage", check_timer_inpage
+        .elseif SOFTINT
+        check "int3", check_int3
+        check "int-2d", check_int2d
+        check "icebp", check_icebp
         .else
         check "pushf-tf", check_pushf_tf
         check "trap-flag", check_trap_flag
@@ -75,9 +80,11 @@ main:
         exit_with PROBES_DONE
 
         probe_library
-        .ifdef TIMER
+        .if TIMER
         pit_timer_routines
         timer_checks
+        .elseif SOFTINT
+        softint_checks
         .else
         common_checks
 
@@ -118,10 +125,12 @@ build_ivt:
         mov $UD_VECTOR, %edx
         mov $ud_handler, %eax
         call set_gate
-        .ifdef TIMER
+        .if TIMER
         mov $TIMER_VECTOR, %edx
         mov $timer_handler, %eax
         call set_gate
+        .elseif SOFTINT
+        softint_gates
         .endif
         ret
 
@@ -179,6 +188,12 @@ de_handler:
         jmp fault
 ud_handler:
         push $UD_VECTOR
+        jmp fault
+bp_handler:
+        push $BP_VECTOR
+        jmp fault
+int2d_handler:
+        push $INT2D_VECTOR
 /* [sp] = vector, 2 = IP, 4 = CS, 6 = FLAGS (no error codes in real mode): note
  * the fault and resume where the check said (fault_resume). */
 fault:
@@ -205,7 +220,7 @@ fault:
         pop %bp
         jmp unexpected
 
-        .ifdef TIMER
+        .if TIMER
 timer_handler:
         push %bp
         mov %sp, %bp                    /* 2 = IP, 4 = CS, 6 = FLAGS */
@@ -224,7 +239,7 @@ timer_handler:
 /* -- the probe window: copied to PROBE_PAGE - WINDOW_LEAD ---------------------- */
 
 .macro real_probes
-        .ifdef TIMER
+        .if TIMER
         probe_timer_bodies
 /* A timer handler in the probed page. */
 at inpage_timer_handler
@@ -240,6 +255,8 @@ at inpage_timer_handler
         pop %eax
         pop %bp
         iret
+        .elseif SOFTINT
+        probe_softint_bodies
         .else
         probe_common_bodies
 at probe_pop_ss
@@ -276,7 +293,7 @@ at inpage_ud_handler
         .endif
 .endm
 
-        .ifdef TIMER
+        .if TIMER | SOFTINT
         probe_window_begin cross=0
         real_probes
         probe_window_end cross=0

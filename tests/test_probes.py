@@ -54,21 +54,22 @@ COMMON_CHECKS = {
 }
 
 
-def checks(*names, **overrides):
-    return {name: overrides.get(name.replace("-", "_"), COMMON_CHECKS.get(name)) for name in names}
-
-
-WITHOUT_PAGING = ("pushf-tf", "trap-flag", "ss-shadow", "rdtsc-loop", "rdtsc-cpuid", "debug-regs",
-                  "dr0-breakpoint", "divide-error", "invalid-opcode", "invalid-opcode-inpage", "smc",
-                  "page-cross", "hypervisor")
-WITH_PAGING = WITHOUT_PAGING[:9] + ("page-fault",) + WITHOUT_PAGING[9:]
-EXPECTED = {
-    "probe_real": checks(*WITHOUT_PAGING),
-    "probe_protected": checks(*WITHOUT_PAGING),
-    "probe_protected_paging": checks(*WITH_PAGING),
-    "probe_compat": checks(*WITH_PAGING),
-    "probe_long": checks(*WITH_PAGING, ss_shadow="mov ss then pushf: tf clear, #DB 0"),
+WITH_PAGING = dict(COMMON_CHECKS)
+WITHOUT_PAGING = {name: pattern for name, pattern in COMMON_CHECKS.items() if name != "page-fault"}
+# ICEBP's #DB sets no DR6 bit on the CPUs documented; BS is left open.
+SOFTINT = {"int3": re.escape(FAULT.format("#BP")), "int-2d": re.escape(FAULT.format("int 2d")),
+           "icebp": re.escape("1 #DB, ret ok, DR6.BS ") + "[01]" + re.escape(", faults 0")}
+EXPECTED = {     # image: {check: verdict}, the checks in the order the guest runs them
+    "probe_real": WITHOUT_PAGING,
+    "probe_protected": WITHOUT_PAGING,
+    "probe_protected_paging": WITH_PAGING,
+    "probe_compat": WITH_PAGING,
+    "probe_long": {**WITH_PAGING, "ss-shadow": "mov ss then pushf: tf clear, #DB 0"},   # no POP SS
     "probe_real_timer": {"pit-timer": TIMER, "pit-timer-inpage": TIMER},
+    "probe_real_softint": SOFTINT,
+    "probe_protected_softint": SOFTINT,
+    "probe_long_softint": SOFTINT,
+    "probe_compat_softint": SOFTINT,
     "probe_protected_timer": {"lapic-timer": TIMER, "lapic-timer-inpage": TIMER},
     "probe_long_timer": {"lapic-timer": TIMER, "lapic-timer-inpage": TIMER},
     "probe_smp": {"smp-barrier": "cpu0 passed, cpu1 passed"},
@@ -81,6 +82,9 @@ HOST_LIMITS = (
      "this host's KVM runs unpaged protected mode in its instruction emulator, which cannot emulate "
      "IRET outside real mode: a handler of the guest cannot return (KVM_INTERNAL_ERROR_EMULATION at "
      "its iret); make e2e runs this under VT-x and SVM"),
+    (6, re.compile(rb"KVM could not emulate the instruction.*bytes at RIP \(linear 0x[0-9a-f]+\): (cc|cd|f1) ", re.S),
+     "this host's KVM fails to emulate the guest's INT3, INT n or ICEBP (KVM_INTERNAL_ERROR_EMULATION at "
+     "the instruction, unwatched); make e2e runs this under VT-x and SVM"),
     (4, re.compile(rb"EFER=0x0\s.*bytes at RIP \(linear 0x[0-9a-f]+\): 0f 22 c0 ", re.S),
      "this host's KVM cannot run 32-bit paging: the guest triple-faults at the MOV to CR0 that sets "
      "PG without EFER.LME; make e2e runs this under VT-x and SVM"),
@@ -120,20 +124,13 @@ def test_every_probe_image_is_known():
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_the_guest_lists_the_checks_expected(image, tmp_path):
-    run = run_probe(image, tmp_path, only="list")
-    skip_what_the_host_cannot_run(run)
-    names = run[1].decode().splitlines()
-    assert (run[0], names) == (PROBES_DONE, list(EXPECTED[image])), run[2].decode()[-500:]
-
-
-@pytest.mark.parametrize("image", IMAGES)
 def test_watched_the_guest_prints_what_it_prints_unwatched(image, tmp_path):
     """All the checks in one run, unwatched then with the probed page watched."""
     plain = run_probe(image, tmp_path)
     skip_what_the_host_cannot_run(plain)
     assert plain[0] == PROBES_DONE, f"unwatched: status {plain[0]}: {plain[2].decode()[-500:]}"
-    assert len(check_lines(plain[1])) == len(EXPECTED[image]), plain[1].decode()
+    names = [line.split(":")[0] for line in check_lines(plain[1])]
+    assert names == list(EXPECTED[image]), f"expected the checks {list(EXPECTED[image])}, the guest ran {names}"
     watched = run_probe(image, tmp_path, watch=True)
     difference = first_difference(plain, watched)
     assert difference is None, f"{image}: {difference}\n{watched[2].decode()[-500:]}"
@@ -172,9 +169,10 @@ RDTSC_REPORTS = {"rdtsc-loop": 4, "rdtsc-cpuid": 5}     # include/probe.inc: REP
 @pytest.mark.parametrize("watched", [False, True], ids=["unwatched", "watched"])
 @pytest.mark.parametrize("check", sorted(RDTSC_REPORTS))
 @pytest.mark.parametrize("image", ["probe_real", "probe_protected", "probe_compat", "probe_long"])
-def test_rdtsc_checks_report_their_samples(image, check, watched, machine, capsys):
+def test_rdtsc_checks_report_their_samples(image, check, watched, machine):
     """The cycle counts behind an rdtsc verdict go to the test-report port, not on the line:
-    one report, tagged with the check's number, holding the smallest and largest sample."""
+    one report, tagged with the check's number, holding the smallest and largest sample
+    (printed: see them with `pytest -rP`)."""
     image_bytes = (GUESTS / f"{image}.bin").read_bytes()
     options, watch_range = read_header(image_bytes)
     start, length = (int(part, 0) for part in watch_range.split("+"))
@@ -192,9 +190,8 @@ def test_rdtsc_checks_report_their_samples(image, check, watched, machine, capsy
         f"expected one report tagged {RDTSC_REPORTS[check]}, got {reports}")
     smallest, largest = reports[0][1:3]
     assert 0 < smallest <= largest, f"samples: smallest {smallest}, largest {largest}"
-    with capsys.disabled():
-        print(f"\n{image} {check} {'watched' if watched else 'unwatched'}: {smallest}-{largest} cycles "
-              f"({output.getvalue().decode().strip()})", end="")
+    print(f"{image} {check} {'watched' if watched else 'unwatched'}: {smallest}-{largest} cycles "
+          f"({output.getvalue().decode().strip()})")
 
 
 # -- what the trace must show, per check ---------------------------------------

@@ -3,8 +3,9 @@ and say for every check whether the watched run printed the same line.
 
 Inside an emulated machine, once a case has loaded the KVM modules:
     python3 probes.py [--backend patched|stock] [--timeout SECONDS] [IMAGE...]
-(IMAGE: a probe image's name, e.g. probe_long; default every probe_*.bin.) It
-prints one line per check and image, then a summary:
+(IMAGE: a probe image's name, e.g. probe_long; default every probe_*.bin in
+$V2E_TOP/guest_images; --timeout bounds each run, 120 s by default.) It prints
+one line per check and image, then a summary:
     E2E-PROBE <check> <mode> PASS: identical
     E2E-PROBE <check> <mode> FAIL: <the first difference>
     E2E-PROBE <check> <mode> SKIP: <why the unwatched run printed no line for it>
@@ -22,11 +23,13 @@ unwatched and watched.
 
 tests/test_probes.py uses read_header and first_difference from here.
 """
+import argparse
 import os
 import re
 import sys
 import tempfile
 
+PROBES_DONE = 33            # the exit status of a probe guest that ran its checks
 HEADER_BYTES = 256
 LINE = re.compile(rb"^([a-z0-9-]+): (.*)$")
 
@@ -100,7 +103,7 @@ def compare_image(path, backend, timeout):
     their names for "list")."""
     listing = run_probe(path, timeout=timeout, only="list")
     names = listing[1].decode("ascii", "replace").splitlines()
-    if listing[0] != 33 or not names:
+    if listing[0] != PROBES_DONE or not names:
         return [("-", "SKIP", f"the guest did not list its checks (status {listing[0]}): {last_words(listing)}")]
     plain = run_probe(path, timeout=timeout)
     watched = run_probe(path, watch=True, backend=backend, timeout=timeout)
@@ -130,23 +133,19 @@ def compare_alone(path, check, backend, timeout):
 
 
 def main(argv):
-    backend, timeout, names = "patched", 300, []
-    arguments = iter(argv)
-    for argument in arguments:
-        if argument == "--backend":
-            backend = next(arguments)
-        elif argument == "--timeout":
-            timeout = float(next(arguments))
-        else:
-            names.append(argument)
-    top = os.environ.get("V2E_TOP", "/opt/v2e")
-    directory = os.path.join(top, "guest_images")
-    images = [f"{name}.bin" for name in names] or sorted(
-        name for name in os.listdir(directory) if name.startswith("probe_") and name.endswith(".bin"))
+    parser = argparse.ArgumentParser(description="the probe suite, unwatched against watched")
+    parser.add_argument("--backend", default="patched", choices=("patched", "stock"))
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per run")
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="probe image names (default: all)")
+    args = parser.parse_args(argv)
+    directory = os.path.join(os.environ.get("V2E_TOP", "/opt/v2e"), "guest_images")
+    images = args.images or sorted(name[:-len(".bin")] for name in os.listdir(directory)
+                                   if name.startswith("probe_") and name.endswith(".bin"))
     counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
     for image in images:
-        mode = image[len("probe_"):-len(".bin")]
-        for check, verdict, detail in compare_image(os.path.join(directory, image), backend, timeout):
+        mode = image[len("probe_"):]
+        for check, verdict, detail in compare_image(os.path.join(directory, f"{image}.bin"), args.backend,
+                                                    args.timeout):
             counts[verdict] += 1
             print(f"E2E-PROBE {check} {mode} {verdict}: {detail}", flush=True)
     print(f"E2E-PROBES passed={counts['PASS']} failed={counts['FAIL']} skipped={counts['SKIP']}", flush=True)
