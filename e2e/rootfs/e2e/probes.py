@@ -19,7 +19,7 @@ Each probe guest prints one line per check, "check: verdict", and ends with stat
 ("probe-watch: GPA+LEN"). A line of serial input selects one check by name ("list"
 prints the names). Both runs of a guest run all its checks; a check whose line is
 missing from either (the run timed out or failed before it) is run again alone,
-unwatched and watched.
+unwatched and watched, but for the one the watched run ended in.
 
 tests/test_probes.py uses read_header and first_difference from here.
 """
@@ -56,6 +56,12 @@ def check_lines(output):
 
 def check_name(line):
     return line.split(":", 1)[0]
+
+
+def unfinished_check(output):
+    """The check a run ended in the middle of (its line begun, not ended), or None."""
+    last = output.split(b"\n")[-1]
+    return last.split(b":", 1)[0].decode("ascii", "replace") if b":" in last else None
 
 
 def first_difference(plain, watched):
@@ -110,11 +116,15 @@ def compare_image(path, backend, timeout):
     plain_lines = {check_name(line): line for line in check_lines(plain[1])}
     watched_lines = {check_name(line): line for line in check_lines(watched[1])}
     results = []
+    stuck = unfinished_check(watched[1])
     for check in names:
         if check in plain_lines and check in watched_lines:
             same = plain_lines[check] == watched_lines[check]
             results.append((check, "PASS" if same else "FAIL", "identical" if same else
                             f"unwatched {plain_lines[check]!r}, watched {watched_lines[check]!r}"))
+        elif check in plain_lines and check == stuck:
+            results.append((check, "FAIL", f"the watched run ended (status {watched[0]}) in this check: "
+                                           f"unwatched {plain_lines[check]!r}"))
         else:
             results.append(compare_alone(path, check, backend, timeout))
     if plain[0] != watched[0] and all(verdict != "FAIL" for _, verdict, _ in results):
