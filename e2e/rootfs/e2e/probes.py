@@ -21,7 +21,7 @@ prints the names). Both runs of a guest run all its checks; a check whose line i
 missing from either (the run timed out or failed before it) is run again alone,
 unwatched and watched, but for the one the watched run ended in.
 
-tests/test_probes.py uses read_header and first_difference from here.
+tests/test_probes.py uses read_header, check_lines and first_difference from here.
 """
 import argparse
 import os
