@@ -232,23 +232,25 @@ class Stepper:
             self._unexpected(values)
             return
         traps = self._tf_traps
+        if self._delivers:
+            # int n, int3, ud2...: the vCPU is in a handler now; the frame tells whether the
+            # instruction completed (a trap) or not (a fault).
+            self._unexpected(values)
+            return
         if special != _PLAIN:
             self._emulate_flags(special, values)
-        if self.event is not None and not self._executed(values):
+        # Some hosts report the step after iret one instruction late: the one at the return
+        # address ran too (or an interrupt came before it).
+        late = special == _IRET and self._iret_target is not None and rip != self._iret_target
+        if self.event is not None and not self._executed(_at(values, self._iret_target) if late else values):
             return
         if self._kind >= _MODE_CHANGE:
             if self._kind == _HLT:
                 self._halted(values)
                 return
-            if self._delivers:   # int n, int3, ud2...: the vCPU is in a handler now
-                self._unexpected(values)
-                return
-            returns_to = self._iret_target
             self._load_sregs(self.vcpu.get_sregs())
-            if special == _IRET and returns_to is not None and rip != returns_to:
-                # Some hosts report the step after iret one instruction late: the one at
-                # the return address ran too (or an interrupt came before it).
-                self._step_from(returns_to, values, "branch-out", None)
+            if late:
+                self._step_from(self._iret_target, values)
                 return
         bits = (DR6_BS if traps else 0) | self._pending_db
         self._pending_db = 0
@@ -318,7 +320,7 @@ class Stepper:
         self._stepped(values)
         return True
 
-    def _unexpected(self, values, completed=None):
+    def _unexpected(self, values):
         """RIP is not where the instruction goes: an exception or interrupt was delivered
         (its frame is on the stack), or a far transfer happened."""
         delivering, self._delivering = self._delivering, False
@@ -335,24 +337,28 @@ class Stepper:
         self._write_tf(flags_linear, self._guest_tf)
         self._guest_tf = False
         self.vcpu.set_guest_debug(single_step=True)
-        if completed is None:
-            completed = returns_to != self.rip
-        if completed and not delivering and self.event is not None and not self._executed(values):
-            return
+        completed = returns_to != self.rip   # a trap (int n, a step) rather than a fault
         vector, entry = self._handler_of(values[RIP])
-        reason = "interrupt" if vector is None or vector >= 32 else "fault"
-        detail = None if vector is None else idt.vector_name(vector)
-        if entry is not None and entry != values[RIP]:
-            # The step ended after the handler's first instruction: it ran too.
-            self._step_from(entry, values, reason, detail)
+        late = entry is not None and entry != values[RIP]   # the handler's first instruction ran too
+        if (completed and not delivering and self.event is not None
+                and not self._executed(_at(values, entry) if late else values)):
             return
-        self._position(values, reason, detail)
+        if self.event is not None:
+            # A delivery ends the event, even into a watched handler (that is a new entry):
+            # each event's instructions follow one another.
+            self.end(values[RIP] if entry is None else entry,
+                     "interrupt" if vector is None or vector >= 32 else "fault",
+                     None if vector is None else idt.vector_name(vector))
+        if late:
+            self._step_from(entry, values)
+            return
+        self._position(values)
 
-    def _step_from(self, rip, values, reason, detail):
+    def _step_from(self, rip, values):
         """The step went on at rip (a handler's first instruction, the one an iret returned
         to) before it ended with the registers `values`: make the instruction at rip the one
         about to execute, then account for the step from there."""
-        self._position(values[:RIP] + (rip,) + values[RIP + 1:], reason, detail, run_rdtsc=False)
+        self._position(_at(values, rip), run_rdtsc=False)
         if self._attached:
             self._stepped(values)
 
@@ -420,7 +426,7 @@ class Stepper:
 
     # -- the instruction about to execute ------------------------------------
 
-    def _position(self, values, leave_reason="branch-out", detail=None, run_rdtsc=True, start_events=True):
+    def _position(self, values, run_rdtsc=True, start_events=True):
         """The vCPU is about to execute the instruction at values[RIP]: decode it, find the
         watched page it touches, start or end an event, and run rdtsc for the guest when
         tracing."""
@@ -430,7 +436,7 @@ class Stepper:
             self._cs_selector_before, self._cs_base_before = self._sregs.cs.selector, self._cs_base
             linear = (self._cs_base + rip) & self._cs_mask
             if not self._code_page(linear & PAGE_MASK):
-                self._unmapped(rip, leave_reason, detail)
+                self._unmapped(rip)
                 return
             self._read_instruction(rip, linear)
             self._tf_traps = self._guest_tf
@@ -447,21 +453,20 @@ class Stepper:
                     return
                 self._idle = 0
             elif self.watched_page is None:
-                self.end(rip, leave_reason, detail)
+                self.end(rip, "branch-out")
                 return
             if not run_rdtsc or self._special not in (_RDTSC, _RDTSCP):
                 return
             values = self._rdtsc(values)
             if values is None:
                 return
-            leave_reason, detail = "branch-out", None
 
-    def _unmapped(self, rip, reason, detail):
+    def _unmapped(self, rip):
         """RIP's page does not translate: the next fetch faults; nothing watched runs."""
         self.code, self.gpa, self.watched_page = b"", None, None
         self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits))
         if self.event is not None:
-            self.end(rip, reason, detail)
+            self.end(rip, "branch-out")
 
     def _rdtsc(self, values):
         """Run rdtsc/rdtscp for the guest: the TSC it reads advances by tsc_per_step per
@@ -611,6 +616,12 @@ class Stepper:
             return
         byte = self._memory.view(gpa, 1)
         byte[0] = (byte[0] | 1) if tf else (byte[0] & ~1)
+
+
+def _at(values, rip):
+    """The registers `values` with RIP at rip: the state at an instruction boundary a late
+    step report went past (the other registers are as the next instruction left them)."""
+    return values[:RIP] + (rip,) + values[RIP + 1:]
 
 
 def _unchanged(entries):
