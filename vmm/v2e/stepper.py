@@ -119,7 +119,7 @@ class Stepper:
         self._tsc_start = self._tsc_offset = None
         self._attached = False
         self._length = self._kind = self._special = self._displacement = self._self_branch = None
-        self._opcode = self._next_rip = self._delivers = self._operand_bits = None
+        self._opcode = self._next_rip = self._delivers = self._operand_bits = self._accesses = None
         self._cs_selector_before = self._cs_base_before = None   # CS when the instruction began
         # (CR3, linear page) -> (physical page, the walk's entries as (view, bytes)): a cached
         # translation is used only while the page-table entries it was read from are unchanged.
@@ -280,8 +280,20 @@ class Stepper:
         self.steps += 1
         if self.record:
             self.traced += 1
-            return self._engine.instruction(self, values)
+            return self._engine.instruction(self, values, self._memory_accesses() if self._accesses else ())
         return True
+
+    def _memory_accesses(self):
+        """(linear address, size, the bytes there now or None) of each memory operand of the
+        instruction that ran, its address from the registers before it. A rep string
+        instruction's are its first iteration's."""
+        sregs = self._sregs
+        accesses = []
+        for operand in self._accesses:
+            linear = decoder.linear_address(operand, self.values, self._next_rip,
+                                            lambda name: getattr(sregs, name).base)
+            accesses.append((linear, operand.size, self._read_linear(linear, operand.size)))
+        return accesses
 
     # -- flags, traps and events the guest must see as if nothing watched it -
 
@@ -464,7 +476,7 @@ class Stepper:
     def _unmapped(self, rip):
         """RIP's page does not translate: the next fetch faults; nothing watched runs."""
         self.code, self.gpa, self.watched_page = b"", None, None
-        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits))
+        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits, ()))
         if self.event is not None:
             self.end(rip, "branch-out")
 
@@ -506,7 +518,7 @@ class Stepper:
 
     def _set_instruction(self, rip, decoded):
         (self.code, self._length, self._kind, self._self_branch, self._special, self._displacement,
-         self._opcode, self._delivers, self._operand_bits) = decoded
+         self._opcode, self._delivers, self._operand_bits, self._accesses) = decoded
         self._next_rip = (rip + self._length) & self._ip_mask
 
     def _decode_at(self, rip):
@@ -515,16 +527,20 @@ class Stepper:
 
     def _decode(self, code):
         """(instruction bytes, length, kind, branches to itself, special kind, direct branch
-        displacement, opcode, delivers an event, operand size) of the code at RIP, memoised by
-        the 15 bytes read there, so a loop is decoded once and rewritten code again."""
+        displacement, opcode, delivers an event, operand size, the memory operands it
+        accesses) of the code at RIP, memoised by the 15 bytes read there, so a loop is
+        decoded once and rewritten code again."""
         instruction = decoder.decode(code, self._bits, self._vendor)
         if instruction is None:
-            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits)
+            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits, ())
         else:
+            # Operands with a size the encoding fixes (not lea's, prefetch's, VSIB's).
+            accesses = tuple(operand for operand in instruction.memory
+                             if operand.access is not None and operand.size and not operand.vsib)
             decoded = (code[:instruction.length], instruction.length, _KINDS[instruction.flow],
                        instruction.branches_to_itself, _special(instruction, code), instruction.relative,
                        instruction.opcode, instruction.opcode in _DELIVERING or not instruction.known,
-                       instruction.operand_bits)
+                       instruction.operand_bits, accesses)
         if len(self._decoded) >= MAX_MEMOISED_INSTRUCTIONS:
             self._decoded.clear()
         self._decoded[code] = decoded
