@@ -171,12 +171,15 @@ def command_run(args):
         machine_type = args.machine or ("bare" if image_format == "flat" else "pc")
         if args.smp > 1 and machine_type != "pc":
             raise BadInput("--smp needs --machine pc (the in-kernel LAPICs start the other vCPUs)")
-        modules = loaders.read_modules(args.initrd, args.mem)
+        if image_format in loaders.KERNEL_FORMATS:
+            modules, initrd = (), loaders.read_initrd(args.initrd, args.mem)
+        else:
+            modules, initrd = loaders.read_modules(args.initrd, args.mem), b""
         machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
                                               kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
                                               machine_type=machine_type))
         loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
-                     args.append, modules)
+                     args.append, modules, initrd)
         v2e_cli.attach(machine, args, stack, image)
         exit_stats = None
         if args.stats or args.stats_json:

@@ -1,9 +1,12 @@
-"""A 16550A UART (COM1 at 0x3f8): enough of it for polled and simple interrupt-driven drivers.
+"""A 16550A UART (COM1 at 0x3f8) with its 16-byte receive FIFO and interrupts, enough for
+polled drivers and for Linux's 8250 driver (which probes the FIFO).
 
 Output goes to a binary sink (stdout or a file), flushed at each newline and
-whenever the buffer fills, so a crash or timeout loses nothing already sent.
-Input comes from a file (read as the guest asks) or from stdin (read by a
-helper thread, so the guest never blocks the vCPU).
+whenever the buffer fills, so a crash or timeout loses nothing already sent; a
+transmitted byte leaves at once, so the transmitter is always empty. Input comes
+from a file (read as the guest asks) or from stdin (read by a helper thread, so the
+guest never blocks the vCPU; its arrival raises the receive interrupt). Input that
+does not fit in the FIFO waits at the source instead of overrunning it.
 """
 import collections
 import os
@@ -13,6 +16,7 @@ import threading
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
 PORT_COUNT = 8
+FIFO_SIZE = 16
 
 # Register offsets.
 RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -21,8 +25,10 @@ LCR_DLAB = 0x80
 MCR_LOOP = 0x10
 LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
 IER_RDI, IER_THRI = 0x01, 0x02
-IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0xC0
-FCR_FIFO_ENABLE = 0x01
+IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_RX_TIMEOUT, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0x0C, 0xC0
+FCR_FIFO_ENABLE, FCR_CLEAR_RX, FCR_CLEAR_TX = 0x01, 0x02, 0x04
+FCR_TRIGGER_SHIFT = 6
+RX_TRIGGER_LEVELS = (1, 4, 8, 14)
 MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
 
 FLUSH_THRESHOLD = 4096
@@ -41,6 +47,7 @@ class SerialInput:
         except (AttributeError, OSError, ValueError):
             regular = True  # an in-memory file: read it directly
         self._thread = None
+        self.listener = None   # called (on the reading thread) when input arrives
         if not regular:
             self._thread = threading.Thread(target=self._pump, name="serial-input", daemon=True)
             self._thread.start()
@@ -57,6 +64,9 @@ class SerialInput:
             with self._lock:
                 if len(self._pending) < STDIN_QUEUE_LIMIT:
                     self._pending.extend(chunk)
+            listener = self.listener
+            if listener is not None:
+                listener()
 
     def available(self):
         if self._thread is None and not self._pending:
@@ -73,14 +83,18 @@ class Uart16550:
         self._output = output            # binary file object or None
         self._input = input              # SerialInput or None
         self._irq_line = irq_line        # callable(level) or None
+        self._irq_lock = threading.Lock()
         self._out_buffer = bytearray()
-        self._loopback = collections.deque(maxlen=16)
+        self._receiver = collections.deque()   # the receive FIFO (one byte without FIFO mode)
+        self._loopback = collections.deque(maxlen=FIFO_SIZE)
         self.bytes_written = 0
         self.ier = self.lcr = self.mcr = self.scr = 0
         self.fcr = 0
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self._thr_interrupt = False
         self._irq_level = 0
+        if input is not None and irq_line is not None:
+            input.listener = self._update_irq
 
     # -- guest side ----------------------------------------------------------
 
@@ -104,7 +118,7 @@ class Uart16550:
         if offset == MCR:
             return self.mcr
         if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self._has_input() else 0)
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self._received() else 0)
         if offset == MSR:
             if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
                 return ((self.mcr & 0x01) << 5 | (self.mcr & 0x02) << 3
@@ -135,7 +149,10 @@ class Uart16550:
                 self._thr_interrupt = True
             self.ier = value & 0x0F
         elif offset == IIR_FCR:
-            self.fcr = value
+            if (value ^ self.fcr) & FCR_FIFO_ENABLE or value & FCR_CLEAR_RX:
+                self._receiver.clear()
+                self._loopback.clear()
+            self.fcr = value & ~(FCR_CLEAR_RX | FCR_CLEAR_TX)
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
@@ -147,33 +164,54 @@ class Uart16550:
 
     # -- internals -----------------------------------------------------------
 
-    def _has_input(self):
+    def _received(self):
+        """The bytes in the receiver, after moving what the line has into it."""
         if self.mcr & MCR_LOOP:
-            return bool(self._loopback)
-        return self._input is not None and self._input.available()
+            return self._loopback
+        capacity = FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1
+        source = self._input
+        while len(self._receiver) < capacity and source is not None and source.available():
+            value = source.pop()
+            if value is None:
+                break
+            self._receiver.append(value)
+        return self._receiver
 
     def _receive(self):
+        received = self._received()
+        return received.popleft() if received else 0
+
+    def _input_waiting(self):
+        """Whether a byte is received or arriving, without moving any (safe on any thread)."""
         if self.mcr & MCR_LOOP:
-            return self._loopback.popleft() if self._loopback else 0
-        if self._input is None:
-            return 0
-        value = self._input.pop()
-        return 0 if value is None else value
+            return bool(self._loopback)
+        return bool(self._receiver) or (self._input is not None and self._input.available())
 
     def _pending_interrupt(self):
-        if self.ier & IER_RDI and self._has_input():
-            return IIR_RDI
+        if self.ier & IER_RDI:
+            received = len(self._received())
+            if received:
+                if not self.fcr & FCR_FIFO_ENABLE:
+                    return IIR_RDI
+                trigger = RX_TRIGGER_LEVELS[self.fcr >> FCR_TRIGGER_SHIFT & 3]
+                # Below the trigger level a real FIFO interrupts after a character timeout;
+                # input here arrives all at once, so the timeout has passed.
+                return IIR_RDI if received >= trigger else IIR_RX_TIMEOUT
         if self.ier & IER_THRI and self._thr_interrupt:
             return IIR_THRI
         return IIR_NO_INT
 
     def _update_irq(self):
+        """Set the interrupt line to whether an enabled interrupt is pending; called by the
+        vCPU after each access and by the input thread when input arrives."""
         if self._irq_line is None:
             return
-        level = 0 if self._pending_interrupt() == IIR_NO_INT else 1
-        if level != self._irq_level:
-            self._irq_level = level
-            self._irq_line(level)
+        with self._irq_lock:
+            level = int(bool(self.ier & IER_RDI and self._input_waiting()
+                             or self.ier & IER_THRI and self._thr_interrupt))
+            if level != self._irq_level:
+                self._irq_level = level
+                self._irq_line(level)
 
     def flush(self):
         if self._out_buffer and self._output is not None:

@@ -70,6 +70,12 @@ class Vcpu(libc.FileDescriptor):
             raise KvmError("KVM_RUN", error)
         return _decode(self.run_struct, self._view, self._io, self._debug)
 
+    def complete_pending_io(self):
+        """KVM_RUN with immediate_exit set: KVM finishes the I/O or MMIO access of the last exit
+        and returns without running the guest, so userspace can change the vCPU's state."""
+        self.run_struct.immediate_exit = 1
+        self.run()
+
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
         self._thread_id = threading.get_ident()
