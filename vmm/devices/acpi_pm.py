@@ -10,11 +10,13 @@ import threading
 import time
 
 PM_BASE = 0x600
+# The blocks' offsets from PM_BASE and lengths (QEMU's layout: the timer 32-bit aligned).
+PM1_EVT_BLK, PM1_CNT_BLK, PM_TMR_BLK = 0, 4, 8
 PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN = 4, 2, 4
-PORT_COUNT = PM1_EVT_LEN + PM1_CNT_LEN + PM_TMR_LEN
+PORT_COUNT = PM_TMR_BLK + PM_TMR_LEN
 SCI_IRQ = 9
 
-PM1_STS, PM1_EN, PM1_CNT, PM_TMR = 0, 2, 4, 6   # byte offsets of the 16-bit registers, and the timer
+PM1_STS, PM1_EN, PM1_CNT, PM_TMR = 0, 2, PM1_CNT_BLK, PM_TMR_BLK   # register offsets
 RTC_STS, WAK_STS = 1 << 10, 1 << 15
 RTC_EN = 1 << 10
 SCI_EN = 1 << 0
@@ -45,8 +47,8 @@ class AcpiPm:
 
     def read(self, offset, size):
         with self._lock:
-            registers = self.status | self.enable << 16 | self.control << 32 | self.timer() << 48
-        return registers >> (8 * offset)
+            registers = self.status | self.enable << 16 | self.control << 32 | self.timer() << 64
+        return registers >> (8 * offset) & ((1 << (8 * size)) - 1)
 
     def write(self, offset, size, value):
         """Byte-addressed writes of 1, 2 or 4 bytes; each register takes the bytes that fall in it."""

@@ -10,7 +10,8 @@ the pvpanic device.
 """
 import struct
 
-from ..devices.acpi_pm import PM1_CNT_LEN, PM1_EVT_LEN, PM_TMR_LEN, SCI_IRQ, SLP_TYP_S3, SLP_TYP_S5
+from ..devices.acpi_pm import (PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, PM_TMR_BLK, PM_TMR_LEN, SCI_IRQ,
+                               SLP_TYP_S3, SLP_TYP_S5)
 from ..devices.pvpanic import PVPANIC_PORT
 from ..devices.rtc import CENTURY_REGISTER
 from ..loaders.platform import BIOS_AREA
@@ -125,7 +126,7 @@ def _gas(port, width_bytes):
 
 
 def fadt(facs, dsdt, pm_base):
-    pm1_evt, pm1_cnt, pm_tmr = pm_base, pm_base + PM1_EVT_LEN, pm_base + PM1_EVT_LEN + PM1_CNT_LEN
+    pm1_evt, pm1_cnt, pm_tmr = pm_base + PM1_EVT_BLK, pm_base + PM1_CNT_BLK, pm_base + PM_TMR_BLK
     body = struct.pack(
         "<IIBBHIBBBBIIIIIIIIBBBBBBBBHHHHBBBBBHBI12sB3sQQ12s12s12s12s12s12s12s12s",
         facs, dsdt, 0, 0, SCI_IRQ, 0, 0, 0, 0, 0,            # no SMI port: always in ACPI mode
