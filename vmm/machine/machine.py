@@ -85,7 +85,7 @@ class Machine:
             if machine_type == "pc":
                 self.pc_devices = pc.add_devices(self.ports, self.memory, mem_size, vcpus,
                                                  self._reset, self._sleep, self._panic)
-                self.firmware_areas = self.pc_devices.firmware_areas
+                self.firmware_areas = self.pc_devices.firmware_areas + pc.set_legacy_state(self.vm, self.memory)
                 self.acpi_rsdp = acpi.RSDP_ADDR
             self.vcpus = []
             for vcpu_id in range(vcpus):

@@ -36,6 +36,53 @@ def create_chipset(vm):
     vm.create_pit2(kvm_abi.KVM_PIT_SPEAKER_DUMMY)
 
 
+# What a PC BIOS leaves behind for a kernel it boots (SeaBIOS's choices): the PICs
+# initialised with vector bases 0x08 and 0x70, only the timer and the cascade unmasked,
+# the PIT's channel 0 ticking at 18.2 Hz, and a real-mode interrupt vector table whose
+# handlers acknowledge hardware interrupts and return. Real-mode guests (kvm-unit-tests'
+# realmode) rely on it; kernels reprogram all of it.
+MASTER_VECTOR_BASE, SLAVE_VECTOR_BASE = 0x08, 0x70
+MASTER_IMR, SLAVE_IMR = 0xFA, 0xFF
+PIT_MODE_RATE_GENERATOR, PIT_ACCESS_LOHI, PIT_COUNT_18_2_HZ = 2, 3, 0x10000
+IVT_SIZE = 0x400
+BIOS_SEGMENT = 0xF000
+HANDLERS_AT = 0xFE000                      # in the BIOS area, clear of the ACPI tables
+IRET = b"\xCF"
+MASTER_EOI = b"\x50\xB0\x20\xE6\x20\x58\xCF"           # push ax; mov al,0x20; out 0x20,al; pop ax; iret
+SLAVE_EOI = b"\x50\xB0\x20\xE6\xA0\xE6\x20\x58\xCF"   # ... out 0xa0,al; out 0x20,al ...
+
+
+def set_legacy_state(vm, memory):
+    """The PIC, PIT and interrupt vector table as a PC BIOS leaves them; returns the
+    (start, end, what) ranges of guest memory it wrote."""
+    for chip_id, base, imr in ((kvm_abi.KVM_IRQCHIP_PIC_MASTER, MASTER_VECTOR_BASE, MASTER_IMR),
+                               (kvm_abi.KVM_IRQCHIP_PIC_SLAVE, SLAVE_VECTOR_BASE, SLAVE_IMR)):
+        chip = vm.get_irqchip(chip_id)
+        chip.chip.pic.irq_base = base
+        chip.chip.pic.imr = imr
+        chip.chip.pic.init4 = 1
+        vm.set_irqchip(chip)
+    pit = vm.get_pit2()
+    channel = pit.channels[0]
+    channel.count, channel.mode, channel.rw_mode, channel.gate = (PIT_COUNT_18_2_HZ, PIT_MODE_RATE_GENERATOR,
+                                                                  PIT_ACCESS_LOHI, 1)
+    vm.set_pit2(pit)
+    handlers = IRET + MASTER_EOI + SLAVE_EOI
+    iret_at, master_at, slave_at = HANDLERS_AT, HANDLERS_AT + 1, HANDLERS_AT + 1 + len(MASTER_EOI)
+    vectors = []
+    for vector in range(256):
+        handler = iret_at
+        if MASTER_VECTOR_BASE <= vector < MASTER_VECTOR_BASE + 8:
+            handler = master_at
+        elif SLAVE_VECTOR_BASE <= vector < SLAVE_VECTOR_BASE + 8:
+            handler = slave_at
+        vectors.append(struct.pack("<HH", handler - (BIOS_SEGMENT << 4), BIOS_SEGMENT))
+    memory.write(0, b"".join(vectors))
+    memory.write(HANDLERS_AT, handlers)
+    return [(0, IVT_SIZE, "the real-mode interrupt vector table"),
+            (HANDLERS_AT, HANDLERS_AT + len(handlers), "the BIOS interrupt handlers")]
+
+
 def serial_irq(vm):
     """COM1's interrupt output, wired to IRQ 4 of the in-kernel PIC and IOAPIC."""
     return lambda level: vm.irq_line(COM1_IRQ, level)
