@@ -106,6 +106,12 @@ def test_kernel_command_line_and_memory_limits():
         linux.prepare(synthetic_bzimage(), 32 << 20, "k", "", b"\1" * (16 << 20))
 
 
+def test_initrd_stays_below_initrd_addr_max_with_3_gib_of_ram():
+    writes, _ = linux.prepare(synthetic_bzimage(), 3 << 30, "k", "", b"\1" * 10000)
+    ramdisk, size = struct.unpack_from("<II", dict(writes)[linux.ZERO_PAGE], 0x218)
+    assert ramdisk + size <= 0x80000000 and ramdisk > 0x7FF00000, f"initrd at {ramdisk:#x}"
+
+
 def test_a_bzimage_is_never_taken_for_a_flat_image():
     assert loaders.detect(synthetic_bzimage()) == "linux"
     assert loaders.detect(synthetic_bzimage(boot_flag=0)) == "linux"   # then refused as corrupt
@@ -161,10 +167,10 @@ def kernel_code_rate():
 def full_speed_host():
     rate = kernel_code_rate()
     if rate < 50e6:
-        pytest.skip(f"this host's KVM runs guest kernel code in its instruction emulator ({rate / 1e6:.1f}M "
-                    f"instructions/s measured; kvm_pvm without VT-x/AMD-V): a stock kernel needs many minutes "
-                    f"to reach /init here and stops at instructions the emulator lacks (int3, popcnt, xsave, "
-                    f"cmpxchg16b); these boots need a host with hardware virtualization")
+        pytest.skip(f"this host's KVM runs guest kernel code at {rate / 1e6:.1f}M instructions/s (an instruction "
+                    f"emulator, e.g. kvm_pvm without VT-x/AMD-V; hardware runs thousands of M/s): a stock kernel "
+                    f"needs many minutes to reach /init there and stops at instructions the emulator lacks "
+                    f"(int3, popcnt, xsave, cmpxchg16b); these boots need hardware virtualization")
 
 
 class SerialMarker(io.RawIOBase):
@@ -186,10 +192,10 @@ class SerialMarker(io.RawIOBase):
         return len(data)
 
 
-def boot_until(image, marker, cmdline, initrd=b"", timeout=300):
+def boot_until(image, marker, cmdline, initrd=b"", timeout=300, cpus=1):
     """Boot `image` until the serial output holds `marker`; returns (outcome, output)."""
     output = SerialMarker(marker)
-    with Machine(mem_size=256 << 20, serial_output=output, machine_type="pc") as machine:
+    with Machine(mem_size=256 << 20, serial_output=output, machine_type="pc", vcpus=cpus) as machine:
         output.machine = machine
         loaders.boot(machine, image, "auto", "kernel", cmdline=cmdline, initrd=initrd)
         outcome = machine.run(timeout=timeout)
@@ -209,17 +215,20 @@ def test_debian_bzimage_is_detected_and_its_decompressor_reads_the_zero_page(ker
 
 @pytest.mark.kvm
 def test_debian_vmlinux_boots_through_its_pvh_entry_and_finds_the_firmware_tables(kernel):
-    """The kernel reads hvm_start_info (command line, e820 map, RSDP) and the ACPI tables."""
+    """The kernel reads hvm_start_info (command line, e820 map, RSDP, initrd) and the ACPI
+    tables, and finds one CPU per vCPU in the MADT."""
     image = kernel.vmlinux().read_bytes()
     assert loaders.detect(image) == "pvh"
     command = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi.debug_level=0"
-    outcome, output = boot_until(image, b"ACPI: Using ACPI (MADT) for SMP configuration", command, b"\0" * 4096)
+    outcome, output = boot_until(image, b"hotplug CPUs", command, b"\0" * 4096, cpus=4)
     text = output.decode(errors="replace")
     assert outcome.kind == "marker", f"{outcome.message}; serial output: {text[-3000:]}"
     for line in (f"Command line: {command}", "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
                  "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable", "Hypervisor detected: KVM",
                  "ACPI: RSDP 0x00000000000F0000", "ACPI: FACP", "ACPI: DSDT", "ACPI: FACS", "ACPI: APIC",
-                 "ACPI: PM-Timer IO Port: 0x608", "IOAPIC[0]: apic_id 0", "RAMDISK: [mem"):
+                 "ACPI: PM-Timer IO Port: 0x608", "IOAPIC[0]: apic_id 0", "RAMDISK: [mem",
+                 "ACPI: INT_SRC_OVR (bus 0 bus_irq 9 global_irq 9 high level)",
+                 "smpboot: Allowing 4 CPUs, 0 hotplug CPUs"):
         assert line in text, f"expected {line!r} in the kernel's output:\n{text[-3000:]}"
 
 
