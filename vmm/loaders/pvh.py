@@ -9,10 +9,10 @@ protected mode, paging off, with EBX = its address.
 import struct
 
 from ..errors import BadInput
+from ..x86.paging import PAGE_MASK
 from . import elf
 from .linux import CMDLINE_ADDR, CMDLINE_MAX
 from .platform import LIMIT_32, Boot, memory_map
-from ..x86.paging import PAGE_MASK
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 NOTE_OWNER = b"Xen"

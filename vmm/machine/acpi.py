@@ -109,12 +109,16 @@ def resource_io(port, length):
     return struct.pack("<BBHHBB", 0x47, 1, port, port, 1, length) + b"\x79\x00"
 
 
+def _sleep_state(slp_typ):
+    """A sleep-state package (\\_S3, \\_S5): the PM1a and PM1b SLP_TYP values and two reserved zeros."""
+    return aml_package([aml_integer(slp_typ)] * 2 + [aml_integer(0)] * 2)
+
+
 def dsdt_aml():
-    sleep_state = lambda slp_typ: aml_package([aml_integer(slp_typ)] * 2 + [aml_integer(0)] * 2)  # noqa: E731
     pvpanic = aml_device(b"PEVT", aml_name(b"_HID", aml_string("QEMU0001"))
                          + aml_name(b"_CRS", aml_buffer(resource_io(PVPANIC_PORT, 1)))
                          + aml_name(b"_STA", aml_integer(0x0F)))
-    return (aml_name(b"_S3_", sleep_state(SLP_TYP_S3)) + aml_name(b"_S5_", sleep_state(SLP_TYP_S5))
+    return (aml_name(b"_S3_", _sleep_state(SLP_TYP_S3)) + aml_name(b"_S5_", _sleep_state(SLP_TYP_S5))
             + aml_scope(b"\\_SB_", pvpanic))
 
 
