@@ -259,3 +259,22 @@ def test_on_reboot_restart_boots_the_image_again(tmp_path):
     """The first boot reads 'r' and resets; the restarted one finds no input and exits 0x7f."""
     result = pc_power(b"r", tmp_path, "--on-reboot", "restart")
     assert result.returncode == 0xFF, result.stderr   # (0x7f << 1) | 1
+
+
+def test_uart_fifo_reset_loses_no_input_waiting_on_the_line():
+    """Linux resets the FIFOs when it opens the port: input that came before must survive."""
+    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"echo hi\n")))
+    uart.write(serial.IIR_FCR, 1, serial.FCR_FIFO_ENABLE)
+    assert uart.read(serial.LSR, 1) & serial.LSR_DR
+    uart.write(serial.IIR_FCR, 1, serial.FCR_FIFO_ENABLE | serial.FCR_CLEAR_RX | serial.FCR_CLEAR_TX)
+    assert bytes(uart.read(serial.RBR_THR_DLL, 1) for _ in range(8)) == b"echo hi\n"
+
+
+def test_cpuid_sets_the_hypervisor_bit_when_kvm_offers_its_leaves():
+    from vmm.x86.cpuid import cpuid_for_vcpu
+    leaf_1 = {"function": 1, "index": 0, "flags": 0, "eax": 0, "ebx": 0, "ecx": 0x2000, "edx": 0}
+    kvm_leaf = {"function": 0x40000000, "index": 0, "flags": 0, "eax": 0x40000001, "ebx": 0x4B4D564B,
+                "ecx": 0x564B4D56, "edx": 0x4D}
+    with_kvm = cpuid_for_vcpu([leaf_1, kvm_leaf], 2, 4)
+    assert with_kvm[0]["ecx"] == 0x80002000 and with_kvm[0]["ebx"] >> 16 == 0x0204
+    assert cpuid_for_vcpu([leaf_1], 0, 1)[0]["ecx"] == 0x2000

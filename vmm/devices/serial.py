@@ -5,8 +5,9 @@ Output goes to a binary sink (stdout or a file), flushed at each newline and
 whenever the buffer fills, so a crash or timeout loses nothing already sent; a
 transmitted byte leaves at once, so the transmitter is always empty. Input comes
 from a file (read as the guest asks) or from stdin (read by a helper thread, so the
-guest never blocks the vCPU; its arrival raises the receive interrupt). Input that
-does not fit in the FIFO waits at the source instead of overrunning it.
+guest never blocks the vCPU; its arrival raises the receive interrupt). The line
+sends only what the receive FIFO has room for, so input waits at its source instead
+of overrunning the FIFO, and a FIFO reset discards none of it.
 """
 import collections
 import os
@@ -73,6 +74,10 @@ class SerialInput:
             self._pending.extend(self._file.read(4096) or b"")
         return bool(self._pending)
 
+    def waiting(self, limit):
+        """How many bytes are ready to be read, counting at most `limit`."""
+        return min(len(self._pending), limit) if self.available() else 0
+
     def pop(self):
         with self._lock:
             return self._pending.popleft() if self.available() else None
@@ -85,7 +90,6 @@ class Uart16550:
         self._irq_line = irq_line        # callable(level) or None
         self._irq_lock = threading.Lock()
         self._out_buffer = bytearray()
-        self._receiver = collections.deque()   # the receive FIFO (one byte without FIFO mode)
         self._loopback = collections.deque(maxlen=FIFO_SIZE)
         self.bytes_written = 0
         self.ier = self.lcr = self.mcr = self.scr = 0
@@ -118,7 +122,7 @@ class Uart16550:
         if offset == MCR:
             return self.mcr
         if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self._received() else 0)
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self._input_waiting() else 0)
         if offset == MSR:
             if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
                 return ((self.mcr & 0x01) << 5 | (self.mcr & 0x02) << 3
@@ -150,7 +154,6 @@ class Uart16550:
             self.ier = value & 0x0F
         elif offset == IIR_FCR:
             if (value ^ self.fcr) & FCR_FIFO_ENABLE or value & FCR_CLEAR_RX:
-                self._receiver.clear()
                 self._loopback.clear()
             self.fcr = value & ~(FCR_CLEAR_RX | FCR_CLEAR_TX)
         elif offset == LCR:
@@ -164,32 +167,29 @@ class Uart16550:
 
     # -- internals -----------------------------------------------------------
 
-    def _received(self):
-        """The bytes in the receiver, after moving what the line has into it."""
+    def _rx_level(self):
+        """Bytes in the receive FIFO (one byte of holding register without FIFO mode)."""
         if self.mcr & MCR_LOOP:
-            return self._loopback
-        capacity = FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1
-        source = self._input
-        while len(self._receiver) < capacity and source is not None and source.available():
-            value = source.pop()
-            if value is None:
-                break
-            self._receiver.append(value)
-        return self._receiver
+            return len(self._loopback)
+        if self._input is None:
+            return 0
+        return self._input.waiting(FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1)
 
     def _receive(self):
-        received = self._received()
-        return received.popleft() if received else 0
+        if self.mcr & MCR_LOOP:
+            return self._loopback.popleft() if self._loopback else 0
+        value = self._input.pop() if self._input is not None else None
+        return 0 if value is None else value
 
     def _input_waiting(self):
-        """Whether a byte is received or arriving, without moving any (safe on any thread)."""
+        """Whether a byte is received (safe on any thread)."""
         if self.mcr & MCR_LOOP:
             return bool(self._loopback)
-        return bool(self._receiver) or (self._input is not None and self._input.available())
+        return self._input is not None and self._input.available()
 
     def _pending_interrupt(self):
         if self.ier & IER_RDI:
-            received = len(self._received())
+            received = self._rx_level()
             if received:
                 if not self.fcr & FCR_FIFO_ENABLE:
                     return IIR_RDI

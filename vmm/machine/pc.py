@@ -1,7 +1,7 @@
 """The QEMU-compatible PC: what `--machine pc` adds to the bare machine.
 
 KVM's in-kernel chipset (LAPICs, IOAPIC, PIC, PIT), the firmware configuration device,
-an empty PCI bus, COM1 wired to IRQ 4, the CMOS RTC, the i8042 (for its reset line),
+a PCI bus with only its host bridge, COM1 wired to IRQ 4, the CMOS RTC, the i8042 (for its reset line),
 the ACPI power-management block, the pvpanic device, and the ACPI tables that describe
 them. The chipset must exist before the vCPUs are created; devices are added once the
 buses exist.
@@ -14,7 +14,7 @@ import kvm_abi
 from ..devices import acpi_pm, i8042, pvpanic, rtc
 from ..devices.fw_cfg import FW_CFG_PORT_SEL, FwCfg, pc_items
 from ..devices.fw_cfg import PORT_COUNT as FW_CFG_PORTS
-from ..devices.pci import PCI_CONFIG_ADDRESS, EmptyPciHost
+from ..devices.pci import PCI_CONFIG_ADDRESS, PciHost
 from ..devices.pci import PORT_COUNT as PCI_PORTS
 from ..devices.serial import COM1_IRQ
 from . import acpi
@@ -108,7 +108,7 @@ def add_devices(ports, memory, ram_size, cpu_count, on_reset, on_sleep, on_panic
     on_reset() is the i8042's reset line, on_sleep(state) the ACPI sleep request (3 or 5),
     on_panic() the pvpanic report."""
     ports.register(FwCfg(pc_items(ram_size, cpu_count)), FW_CFG_PORT_SEL, FW_CFG_PORTS)
-    ports.register(EmptyPciHost(), PCI_CONFIG_ADDRESS, PCI_PORTS)
+    ports.register(PciHost(), PCI_CONFIG_ADDRESS, PCI_PORTS)
     clock = rtc.CmosRtc()
     ports.register(clock, rtc.RTC_INDEX_PORT, rtc.PORT_COUNT)
     ports.register(i8042.I8042(on_reset), i8042.DATA_PORT, i8042.PORT_COUNT)
