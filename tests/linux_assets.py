@@ -182,6 +182,10 @@ class Initramfs:
         self._add_parents(path)
         self._entries[path] = (stat.S_IFREG | mode, bytes(data))
 
+    def add_symlink(self, path, target):
+        self._add_parents(path)
+        self._entries[path] = (stat.S_IFLNK | 0o777, target.encode())
+
     def add_program(self, path, host_path):
         """A static executable from the host at `path` in the image."""
         self.add_file(path, pathlib.Path(host_path).read_bytes(), 0o755)
