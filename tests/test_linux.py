@@ -170,7 +170,8 @@ def full_speed_host():
         pytest.skip(f"this host's KVM runs guest kernel code at {rate / 1e6:.1f}M instructions/s (an instruction "
                     f"emulator, e.g. kvm_pvm without VT-x/AMD-V; hardware runs thousands of M/s): a stock kernel "
                     f"needs many minutes to reach /init there and stops at instructions the emulator lacks "
-                    f"(int3, popcnt, xsave, cmpxchg16b); these boots need hardware virtualization")
+                    f"(int3, popcnt, xsave, cmpxchg16b); these boots need hardware virtualization "
+                    f"(`make linux-nested` runs them on the kvm-amd of an emulated AMD-V machine)")
 
 
 class SerialMarker(io.RawIOBase):
