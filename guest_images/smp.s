@@ -4,7 +4,12 @@
  * output is exact). Once all have reported, every CPU calls `shared_code`, alone
  * in the page at 0x101000, CALLS times at once with the others; when all are
  * done the bootstrap CPU prints the count of calls and exits through
- * isa-debug-exit with a 32-bit write. */
+ * isa-debug-exit with a 32-bit write.
+ * With BARRIER defined (smp_barrier.s), shared_code is a spin barrier instead,
+ * called once per CPU: each CPU waits there until every CPU has arrived (or gives
+ * up after BARRIER_SPINS turns, and the run ends with status 3).
+ * With UNPACK defined (unpack_smp.s), the bootstrap CPU writes a payload into the page
+ * at UNPACKED and the CPU with APIC id 1 runs it: one CPU writes, another executes. */
         .include "serial.inc"
         .include "fw_cfg.inc"
 
@@ -23,7 +28,17 @@
         .set TRAMPOLINE, 0x10000           /* start-up vector 0x10 */
         .set STACK_SIZE, 4096
         .set MAX_CPUS, 16
+        .ifdef UNPACK
+        .set CALLS, 0
+        .set UNPACKED, 0x300000
+        .else
+        .ifdef BARRIER
+        .set CALLS, 1
+        .set BARRIER_SPINS, 100000
+        .else
         .set CALLS, 25                     /* calls of shared_code per CPU */
+        .endif
+        .endif
 
         /* The multiboot header leads .text: it must lie in the image's first 8 KiB,
          * and .text, with shared_code's page in it, is larger. */
@@ -84,6 +99,12 @@ _start:
         mov $done_tail, %esi
         serial_puts
 
+        .ifdef UNPACK
+        mov $payload, %esi                 /* write the payload where CPU 1 will run it */
+        mov $UNPACKED, %edi
+        mov $(payload_end - payload), %ecx
+        rep movsb
+        .endif
         movl $1, go                        /* every CPU calls shared_code at once */
         call call_shared_code
         mov cpu_count, %ecx
@@ -96,15 +117,27 @@ _start:
         call putdec
         mov $newline, %esi
         serial_puts
+        .ifdef BARRIER
+        cmpl $0, barrier_timeouts
+        jne barrier_failed
+        .endif
         mov $EXIT_PORT, %dx
         mov $EXIT_VALUE, %eax
         out %eax, %dx
         cli
         hlt
 
+        .ifdef BARRIER
+barrier_failed:
+        mov $barrier_message, %esi
+        serial_puts
+        jmp exit_failure
+        .endif
+
 fail:
         mov $fail_message, %esi
         serial_puts
+exit_failure:
         mov $EXIT_PORT, %dx
         mov $1, %eax
         out %eax, %dx
@@ -138,6 +171,16 @@ call_shared_code:
 1:      pause
         cmpl $0, go
         je 1b
+        .ifdef UNPACK
+        mov LAPIC_ID, %eax
+        shr $24, %eax
+        cmp $1, %eax
+        jne 3f
+        mov $UNPACKED, %eax
+        call *%eax
+3:      lock incl finished
+        ret
+        .endif
         mov $CALLS, %ebx
 2:      call shared_code
         dec %ebx
@@ -201,9 +244,22 @@ ap_protected:
 /* Alone in its page (0x101000 with the Makefile's -Ttext): the code to watch. */
         .org 0x1000
 shared_code:
+        .ifdef BARRIER
+        lock incl arrived
+        mov $BARRIER_SPINS, %ecx
+1:      mov arrived, %eax
+        cmp cpu_count, %eax
+        jae 2f
+        pause
+        dec %ecx
+        jnz 1b
+        lock incl barrier_timeouts
+2:
+        .else
         mov $3, %ecx
 1:      dec %ecx
         jnz 1b
+        .endif
         lock incl calls
         ret
         .org 0x2000
@@ -224,6 +280,19 @@ turn:         .long 0
 go:           .long 0
 finished:     .long 0
 calls:        .long 0
+arrived:      .long 0
+barrier_timeouts: .long 0
+barrier_message: .asciz "smp: the barrier timed out\n"
+        .ifdef UNPACK
+/* Copied to UNPACKED by the bootstrap CPU, run by CPU 1 (absolute addresses only). */
+payload:
+        mov $payload_message, %esi
+        serial_puts
+        lock incl calls
+        ret
+payload_end:
+payload_message: .asciz "smp: cpu 1 runs the payload cpu 0 wrote\n"
+        .endif
 cpus_label:   .asciz "smp: fw_cfg reports "
 apic_label:   .asciz "cpu with apic id "
 online_label: .asciz " online\n"

@@ -204,6 +204,51 @@ struct kvm_vcpu_events {
     __u64 exception_payload;
 };
 
+struct kvm_debugregs {
+    __u64 db[4];
+    __u64 dr6;
+    __u64 dr7;
+    __u64 flags;
+    __u64 reserved[9];
+};
+
+struct kvm_msr_entry {
+    __u32 index;
+    __u32 reserved;
+    __u64 data;
+};
+
+struct kvm_msrs {
+    __u32 nmsrs;
+    __u32 pad;
+    struct kvm_msr_entry entries[];
+};
+
+struct kvm_device_attr {
+    __u32 flags;
+    __u32 group;
+    __u64 attr;
+    __u64 addr;
+};
+
+struct kvm_coalesced_mmio_zone {
+    __u64 addr;
+    __u32 size;
+    __u32 pad;
+};
+
+struct kvm_coalesced_mmio {
+    __u64 phys_addr;
+    __u32 len;
+    __u32 pad;
+    __u8 data[8];
+};
+
+struct kvm_coalesced_mmio_ring {
+    __u32 first, last;
+    struct kvm_coalesced_mmio coalesced_mmio[];
+};
+
 struct kvm_exec_trap {
     __u64 gpa;
     __u64 size;

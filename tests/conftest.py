@@ -2,6 +2,7 @@
 import io
 import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -61,6 +62,15 @@ class GuestRun:
             assert actual.exit_status == exit_status, (
                 f"expected exit status {exit_status}, got {actual.exit_status} ({actual.message})")
         return self
+
+
+@pytest.fixture(scope="session")
+def built_guests(tmp_path_factory):
+    """guest_images built from source into a fresh directory, once per session (with the
+    intermediate files the build keeps in .obj/, such as the plain layers of packed samples)."""
+    out = tmp_path_factory.mktemp("guest-build")
+    subprocess.run(["make", "-s", "-C", str(GUESTS), f"OUT={out}"], check=True, capture_output=True)
+    return out
 
 
 @pytest.fixture

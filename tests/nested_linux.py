@@ -8,8 +8,8 @@ kernel code (tests/test_linux.py skips its boots there); `make linux-nested` run
 It reuses what `make e2e` built and cached (the outer kernel, its stock KVM modules and
 the Python root with cffi) and the Linux test assets (tests/linux_assets.py). The cases
 are the ones tests/test_linux.py runs: /init on 1, 2 and 4 vCPUs then power-off (status
-0), a shell fed through --serial-input, reboot (status 12), a panic with the pvpanic
-driver (status 14). Prints one line per case; exit status 1 when any case fails.
+0), a shell fed through --serial-input, reboot (status 14), a panic with the pvpanic
+driver (status 16). Prints one line per case; exit status 1 when any case fails.
 """
 import argparse
 import os
@@ -22,6 +22,8 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from linux_assets import CACHE, Initramfs, busybox, debian_package, stock_kernel  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from vmm.errors import EXIT_GUEST_PANIC, EXIT_REBOOT  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = CACHE / "build"
@@ -37,8 +39,8 @@ CASES = [
     ("boot-2", "boot.cpio", ["--smp", "2"], 0, "init: 2 CPUs online"),
     ("boot-4", "boot.cpio", ["--smp", "4"], 0, "init: 4 CPUs online"),
     ("shell", "shell.cpio", ["--serial-input", "/inner/shell-input.txt"], 0, "shell says 42"),
-    ("reboot", "reboot.cpio", [], 12, "rebooting"),
-    ("panic", "panic.cpio", [], 14, "Kernel panic - not syncing: sysrq triggered crash"),
+    ("reboot", "reboot.cpio", [], EXIT_REBOOT, "rebooting"),
+    ("panic", "panic.cpio", [], EXIT_GUEST_PANIC, "Kernel panic - not syncing: sysrq triggered crash"),
 ]
 
 OUTER_INIT = """#!/bin/busybox sh

@@ -118,7 +118,7 @@ CASES = [
     (["run", "{dir}/elf_shoff_past_end.elf", "--watch-symbol", "main64"], BAD_INPUT, "section headers at offset"),
     (["run", "{dir}/elf_symtab_bad_link.elf", "--watch-symbol", "main64"], BAD_INPUT, "malformed symbol table"),
     (["run", HELLO, "--watch", "0x100000", "--trace", "/nonexistent/t.jsonl"], BAD_INPUT, "cannot write the trace"),
-    (["run", HELLO, "--max-steps", "0"], BAD_INPUT, "must be at least 1"),
+    (["run", HELLO, "--max-instructions", "0"], BAD_INPUT, "must be at least 1"),
     (["run", HELLO, "--backend", "bogus"], BAD_INPUT, "argument --backend: invalid choice"),
     (["run", HELLO, "--stats-json", "/nonexistent/stats.json"], BAD_INPUT, "cannot write statistics"),
     (["run", HELLO, "--initrd", "{dir}/empty.bin"], BAD_INPUT, "--initrd needs a multiboot or Linux kernel, not a flat image"),

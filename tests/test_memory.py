@@ -1,7 +1,9 @@
 """Guest memory: bounds-checked access by guest-physical address, memslot layout."""
 import pytest
 
-from vmm.machine.memory import GuestMemoryError
+from vmm.machine.memory import MAPPED, READONLY, UNMAPPED, GuestMemoryError
+
+PAGE = 4096
 
 pytestmark = pytest.mark.kvm
 
@@ -44,12 +46,47 @@ def test_unmapped_pages_split_the_memslots_and_keep_their_contents(memory):
     memory.write(0x5000, b"kept")
     memory.set_unmapped_pages({0x5000, 0x7000})
     assert memory.slots == [
-        (0, 0x5000, memory.regions[0].host_addr), (0x6000, 0x1000, memory.regions[0].host_addr + 0x6000),
-        (0x8000, (1 << 20) - 0x8000, memory.regions[0].host_addr + 0x8000)]
+        (0, 0x5000, memory.regions[0].host_addr, False), (0x6000, 0x1000, memory.regions[0].host_addr + 0x6000, False),
+        (0x8000, (1 << 20) - 0x8000, memory.regions[0].host_addr + 0x8000, False)]
     assert memory.read(0x5000, 4) == b"kept"
     memory.set_unmapped_pages(())
-    assert memory.slots == [(0, 1 << 20, memory.regions[0].host_addr)]
+    assert memory.slots == [(0, 1 << 20, memory.regions[0].host_addr, False)]
     with pytest.raises(GuestMemoryError):
         memory.set_unmapped_pages({0x5001})
     with pytest.raises(GuestMemoryError):
         memory.set_unmapped_pages({1 << 20})
+
+
+def test_page_states_make_read_only_and_missing_slots_and_merge_back(memory):
+    host = memory.regions[0].host_addr
+    memory.set_page_states({0x3000: READONLY, 0x4000: READONLY, 0x9000: UNMAPPED})
+    assert memory.slots == [(0, 0x3000, host, False), (0x3000, 0x2000, host + 0x3000, True),
+                            (0x5000, 0x4000, host + 0x5000, False), (0xA000, (1 << 20) - 0xA000, host + 0xA000, False)]
+    assert (memory.page_state(0x4000), memory.page_state(0x9000), memory.page_state(0x5000)) == (
+        READONLY, UNMAPPED, MAPPED)
+    memory.set_page_states({0x3000: MAPPED, 0x4000: MAPPED, 0x9000: MAPPED})
+    assert memory.slots == [(0, 1 << 20, host, False)], "same-state neighbours merge again"
+    with pytest.raises(GuestMemoryError, match="unknown page state"):
+        memory.set_page_states({0x3000: "writable"})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_page_state_changes_keep_the_slots_a_partition_of_ram(machine, seed):
+    """After any sequence of changes the slots are exactly the runs of same-state pages."""
+    import random
+    rng = random.Random(seed)
+    memory = machine(mem_size=1 << 20).memory
+    pages = [page * PAGE for page in range(256)]
+    for _ in range(60):
+        memory.set_page_states({page: rng.choice((MAPPED, READONLY, UNMAPPED)) for page in rng.sample(pages, 8)})
+        expected, run = [], None
+        for page in pages:
+            state = memory.page_state(page)
+            if run and run[2] == state:
+                run[1] = page + PAGE
+            else:
+                run = [page, page + PAGE, state]
+                expected.append(run)
+        host = memory.regions[0].host_addr
+        assert memory.slots == [(start, end - start, host + start, state == READONLY)
+                                for start, end, state in expected if state != UNMAPPED]

@@ -24,7 +24,7 @@ def start_vmm(tmp_path, image, watched, *args):
     command = [sys.executable, "-m", "vmm", "run", str(GUESTS / f"{image}.bin"),
                "--serial", f"file:{tmp_path / 'serial.txt'}", "--stats-json", str(tmp_path / "stats.json"), *args]
     if watched:
-        command += ["--watch", CODE_PAGE, "--trace", str(tmp_path / "trace.jsonl"), "--max-steps", "200"]
+        command += ["--watch", CODE_PAGE, "--trace", str(tmp_path / "trace.jsonl"), "--max-instructions", "200"]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -69,9 +69,10 @@ def test_smp_option_errors(args, text):
 
 @pytest.mark.parametrize("cpus", [2, 4])
 def test_every_call_on_every_cpu_is_one_traced_event(cpus, tmp_path):
-    """All CPUs call the watched code at once. While one vCPU traces, the trap is disarmed
-    for the whole VM, so the others wait: no call runs untraced, and each event's records
-    (event, page, its instructions, leave) follow one another."""
+    """All CPUs call the watched code at once. While the trap is disarmed every vCPU is
+    single-stepped, so no call runs untraced and none waits for another: each call is an
+    event of its own vCPU, whose records (event, page, its instructions in order, leave) are
+    complete, though events of different vCPUs may interleave in the file."""
     path = tmp_path / "smp.jsonl"
     result = vmm("run", str(GUESTS / "smp.elf"), "--smp", str(cpus), "--watch", hex(SHARED_CODE),
                  "--trace", str(path), "--timeout", "30")
@@ -82,16 +83,23 @@ def test_every_call_on_every_cpu_is_one_traced_event(cpus, tmp_path):
     per_vcpu = collections.Counter(event["vcpu"] for event in events)
     assert sorted(per_vcpu.items()) == [(cpu, CALLS_PER_CPU) for cpu in range(cpus)], per_vcpu
     one_event = ["event", "page"] + ["insn"] * SHARED_CODE_INSTRUCTIONS + ["leave"]
-    assert [r["type"] for r in records] == one_event * (cpus * CALLS_PER_CPU) + ["summary"]
+    by_event = collections.defaultdict(list)
+    for record in records[:-1]:
+        by_event[record["event"]].append(record)
+    for index, event_records in by_event.items():
+        assert [r["type"] for r in event_records] == one_event, f"event {index}: {[r['type'] for r in event_records]}"
+        steps = [r["step"] for r in event_records if r["type"] == "insn"]
+        assert steps == list(range(1, SHARED_CODE_INSTRUCTIONS + 1)), f"event {index}: steps {steps}"
+    assert records[-1]["type"] == "summary" and len(by_event) == cpus * CALLS_PER_CPU
     assert {(r["reason"], r["instructions"]) for r in records if r["type"] == "leave"} == {
-        ("left the watched pages", SHARED_CODE_INSTRUCTIONS)}
+        ("branch-out", SHARED_CODE_INSTRUCTIONS)}
 
 
 def test_a_timeout_while_one_vcpu_traces_and_the_others_wait_stops_them_all(machine):
     before = {thread.name for thread in threading.enumerate()}
     vm = machine(vcpus=4, machine_type="pc")
     vm.load((GUESTS / "forever.bin").read_bytes(), mode="long")
-    with V2E(vm, [(0x100000, 0x101000)], backend="stock", max_steps=10) as engine:
+    with V2E(vm, [(0x100000, 0x101000)], backend="stock", max_instructions=10) as engine:
         start = time.monotonic()
         outcome = vm.run(timeout=1.0)
         elapsed = time.monotonic() - start

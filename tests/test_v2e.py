@@ -95,7 +95,7 @@ def test_each_entry_is_one_event_tracing_exactly_the_payload(run_packed, name):
         assert insns[-1]["bytes"] == "c3", f"last traced instruction: expected ret (c3), got {insns[-1]['bytes']}"
     leaves = run.of_type("leave")
     assert [(r["reason"], r["instructions"]) for r in leaves] == [
-        ("left the watched pages", PAYLOAD_INSTRUCTIONS)] * entries, leaves
+        ("branch-out", PAYLOAD_INSTRUCTIONS)] * entries, leaves
     summary = run.records[-1]
     assert summary["type"] == "summary", f"last record: expected the summary, got {summary['type']}"
     assert (summary["events"], summary["instructions"]) == (entries, entries * PAYLOAD_INSTRUCTIONS), summary
@@ -137,12 +137,12 @@ def test_watching_is_transparent(run_packed, name):
     assert watched.machine.memory.unmapped_pages == frozenset(), "the watched page is still out of the memslots"
 
 
-def test_event_callback_sees_the_event_and_skip_runs_untraced(run_packed):
+def test_event_callback_sees_the_event_and_unrecorded_events_are_stepped_not_recorded(run_packed):
     seen = []
 
     def on_event(event):
         seen.append(event)
-        return Decision.SKIP
+        return Decision.UNRECORDED
 
     run = run_packed("packed_twice", page_range("packed_twice"), on_event=on_event)
     assert run.output == expected_output(2)
@@ -150,7 +150,7 @@ def test_event_callback_sees_the_event_and_skip_runs_untraced(run_packed):
         (1, 0x200000, 0x200000, 0x200000, "stock", "long"), (2, 0x200000, 0x200000, 0x200000, "stock", "long")]
     assert seen[0].regs["rip"] == 0x200000 and seen[0].sregs["cr3"] == 0x2000, seen[0].sregs
     assert (run.engine.events, run.engine.instructions, run.engine.steps) == (2, 0, 2 * PAYLOAD_INSTRUCTIONS)
-    assert [e["decision"] for e in run.of_type("event")] == ["skip", "skip"]
+    assert [e["decision"] for e in run.of_type("event")] == ["unrecorded", "unrecorded"]
 
 
 def test_event_callback_can_stop_the_guest(run_packed):
@@ -175,13 +175,13 @@ def test_instruction_callback_sees_each_step_and_can_stop(run_packed):
 
 def test_instruction_callback_skip_stops_recording(run_packed):
     run = run_packed("packed_long", page_range("packed_long"),
-                     on_instruction=lambda step: Decision.SKIP if step.index == 7 else None)
+                     on_instruction=lambda step: Decision.UNRECORDED if step.index == 7 else None)
     assert run.output == expected_output()
     assert (run.engine.instructions, run.engine.steps) == (7, PAYLOAD_INSTRUCTIONS)
 
 
 def test_budget_bounds_the_trace_and_the_guest_still_finishes(run_packed):
-    run = run_packed("packed_twice", page_range("packed_twice"), max_steps=100)
+    run = run_packed("packed_twice", page_range("packed_twice"), max_instructions=100)
     assert run.output == expected_output(2)
     assert [(r["instructions"], r["steps"]) for r in run.of_type("leave")] == [(100, PAYLOAD_INSTRUCTIONS)] * 2
     assert len(run.of_type("insn")) == 200
@@ -202,7 +202,7 @@ def test_hlt_inside_watched_code_halts_the_guest(machine, tmp_path):
     # mov; serial_puts over 22 characters; hlt
     assert len(insns) == 1 + 12 * 22 + 3 + 1, f"expected 269 traced instructions, got {len(insns)}"
     assert insns[-1]["bytes"] == "f4"
-    assert [r["reason"] for r in records if r["type"] == "leave"] == ["hlt"]
+    assert [r["reason"] for r in records if r["type"] == "leave"] == ["halt"]
 
 
 def test_other_internal_errors_stay_errors(machine):
@@ -255,9 +255,9 @@ def test_a_loop_is_decoded_once_and_rewritten_code_again(machine, tmp_path, monk
     """Decoding is memoised by the bytes at RIP: the same bytes decode once, and code the
     guest rewrites under the tracer is traced as it is now."""
     decoded = []
-    real_decode = stepper_module.insn.decode
-    monkeypatch.setattr(stepper_module.insn, "decode",
-                        lambda code, bits: decoded.append(code) or real_decode(code, bits))
+    real_decode = stepper_module.decoder.decode
+    monkeypatch.setattr(stepper_module.decoder, "decode",
+                        lambda code, bits, vendor: decoded.append(code) or real_decode(code, bits, vendor))
     vm = machine(serial_output=io.BytesIO(), mem_size=MEM)
     # mov $3, %ecx; 1: mov $1, %al; incb 0x200006 (the mov's immediate); dec %ecx; jnz 1b; hlt
     code = bytes.fromhex("b903000000" "b001" "fe042506002000" "ffc9" "75f3" "f4")

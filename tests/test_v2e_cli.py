@@ -1,4 +1,4 @@
-"""`vmm run --watch/--trace/--backend/--max-steps` and `vmm trace show` as real processes:
+"""`vmm run --watch/--trace/--backend/--max-instructions` and `vmm trace show` as real processes:
 errors are one line, and the trace file ends with its summary however the run ends."""
 import json
 import os
@@ -88,7 +88,7 @@ def test_trace_show_prints_events_pages_and_changed_registers(tmp_path):
     assert steps == ["  #1       0x200000  be 36 00 20 00           rsi=0x200036",
                      "  #2       0x200005  ac                       rax=0x200070 rsi=0x200037",
                      "  #3       0x200006  84 c0                    rflags=0x2"], steps
-    assert lines[-2] == "  leave: left the watched pages at rip 0x10006e after 264 traced of 264 stepped instructions"
+    assert lines[-2] == "  leave: branch-out at rip 0x10006e after 264 traced of 264 stepped instructions"
     assert lines[-1].startswith("summary: 1 event, 264 instructions traced, stock backend, watched 0x200000-0x201000; "
                                 "run ended: test-exit (exit status 193)"), lines[-1]
 
@@ -131,13 +131,13 @@ def test_triple_fault_inside_the_trace_still_ends_with_the_summary(tmp_path):
     assert result.returncode == 4, result.stderr
     records = records_of(path)
     assert records[-1]["outcome"] == "triple-fault"
-    assert records[-2] == {"type": "leave", "event": 1, "reason": "the run ended", "rip": "0x100028",
+    assert records[-2] == {"type": "leave", "event": 1, "reason": "run-ended", "rip": "0x100028",
                            "instructions": records[-1]["instructions"], "steps": records[-1]["steps"]}
 
 
 def test_timeout_inside_a_budgeted_trace_ends_with_the_summary(tmp_path):
     path = tmp_path / "timeout.jsonl"
-    result = vmm("run", guest("forever"), "--watch", "0x100000", "--trace", str(path), "--max-steps", "40",
+    result = vmm("run", guest("forever"), "--watch", "0x100000", "--trace", str(path), "--max-instructions", "40",
                  "--timeout", "0.5")
     assert result.returncode == 124, result.stderr
     records = records_of(path)
@@ -150,7 +150,7 @@ def test_timeout_inside_a_budgeted_trace_ends_with_the_summary(tmp_path):
 def test_signals_end_the_run_with_a_complete_trace(tmp_path, signum, status, outcome):
     path = tmp_path / "signal.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "vmm", "run", guest("forever"), "--watch", "0x100000",
-                                "--trace", str(path), "--max-steps", "20"],
+                                "--trace", str(path), "--max-instructions", "20"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -166,5 +166,5 @@ def test_signals_end_the_run_with_a_complete_trace(tmp_path, signum, status, out
             process.wait()
     records = records_of(path)
     assert (records[-1]["outcome"], records[-1]["exit_status"]) == (outcome, status)
-    assert records[-2]["type"] == "leave" and records[-2]["reason"] == "the run ended"
+    assert records[-2]["type"] == "leave" and records[-2]["reason"] == "run-ended"
     assert process.returncode == status, stderr

@@ -10,7 +10,7 @@ from vmm.x86.registers import GENERAL_REGISTERS
 
 
 def event(index):
-    return EmulateEvent(index, 0, "stock", 0x200000, None, 0x200000, "long", {}, {})
+    return EmulateEvent(index, 0, "stock", 0x200000, None, 0x200000, "long", {}, {}, 0x200000)
 
 
 @pytest.mark.parametrize("values", [tuple(range(18)), (0,) * 18, ((1 << 64) - 1,) * 18,

@@ -12,6 +12,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput,
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
+from .unpack import cli as unpack_cli
 from .v2e import cli as v2e_cli
 from .x86 import boot
 
@@ -104,7 +105,7 @@ def build_parser():
                      help="Linux: the initial RAM disk (several are concatenated); multiboot: a module "
                           "'FILE [ARGS]' (repeatable, in order)")
     run.add_argument("--on-reboot", choices=ON_REBOOT, default="exit",
-                     help="when the guest resets the machine: exit (status 12, default) or restart it "
+                     help="when the guest resets the machine: exit (status 14, default) or restart it "
                           "(boot the same image again)")
     run.add_argument("--stats", action="store_true", help="print exit statistics on stderr at the end")
     run.add_argument("--stats-json", metavar="PATH", help="write exit statistics as JSON to PATH")
@@ -116,7 +117,10 @@ def build_parser():
                      help="COM1 input: a file, or - for stdin (default: none)")
     run.add_argument("--timeout", type=parse_timeout, metavar="SECONDS", help="stop the guest after this long")
     run.add_argument("--verbose", "-v", action="store_true", help="report the run's end and unclaimed accesses")
+    run.add_argument("--hide-hypervisor", action="store_true",
+                     help="CPUID without the hypervisor bit and the hypervisor leaves (no kvmclock)")
     v2e_cli.add_run_options(run)
+    unpack_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
@@ -180,8 +184,9 @@ def command_run(args):
         machine_type = args.machine or ("bare" if image_format == "flat" else "pc")
         if args.smp > 1 and machine_type != "pc":
             raise BadInput("--smp needs --machine pc (the in-kernel LAPICs start the other vCPUs)")
-        if args.on_reboot == "restart" and (args.watch or args.watch_symbol):
-            raise BadInput("--on-reboot restart cannot be combined with --watch (a restart is a new machine)")
+        if args.on_reboot == "restart" and (args.watch or args.watch_symbol or args.unpack is not None):
+            raise BadInput("--on-reboot restart cannot be combined with --watch or --unpack (a restart is a new "
+                           "machine)")
         if image_format in loaders.KERNEL_FORMATS:
             modules, initrd = (), loaders.read_initrd(args.initrd, args.mem)
         else:
@@ -215,10 +220,11 @@ def _run_once(args, stack, image, image_format, machine_type, modules, initrd, o
     """Build the machine, load the image, run it; returns (outcome, machine, exit statistics)."""
     machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
                                           kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
-                                          machine_type=machine_type))
+                                          machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
     loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                  args.append, modules, initrd)
     v2e_cli.attach(machine, args, stack, image)
+    unpack_cli.attach(machine, args, stack)
     exit_stats = None
     if args.stats or args.stats_json:
         exit_stats = ExitStats()

@@ -159,9 +159,17 @@ def _kvm_checks(kvm, facts):
             version = vm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)
             vm.create_irqchip()
             vm.create_pit2(kvm_abi.KVM_PIT_SPEAKER_DUMMY)
-            with vm.create_vcpu(0):
-                pass
+            with vm.create_vcpu(0) as vcpu:
+                tsc_offset = vcpu.has_device_attr(kvm_abi.KVM_VCPU_TSC_CTRL, kvm_abi.KVM_VCPU_TSC_OFFSET)
         checks.append(Check("vm", PASS, "created a VM with in-kernel irqchip, PIT and a vCPU"))
+        facts["tsc_offset_attribute"] = tsc_offset
+        if tsc_offset:
+            checks.append(Check("tsc-offset", PASS, "the vCPU TSC offset attribute (KVM_VCPU_TSC_OFFSET) is there: "
+                                                   "time spent tracing is taken out of the guest's TSC"))
+        else:
+            checks.append(Check("tsc-offset", WARN, "no vCPU TSC offset attribute (KVM_VCPU_TSC_OFFSET): rdtsc in "
+                                                   "traced code reads a virtual TSC, but after an event the guest's "
+                                                   "TSC shows the time spent tracing"))
     except KvmError as error:
         checks.append(Check("vm", FAIL, f"cannot create a VM with an in-kernel irqchip: {error}"))
         version = kvm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)

@@ -10,8 +10,9 @@ EXIT_TRIPLE_FAULT = 4
 EXIT_KVM_ERROR = 6
 EXIT_GUEST_ASSERT = 8
 EXIT_NO_KVM = 10
-EXIT_REBOOT = 12         # the guest reset the machine (a reboot)
-EXIT_GUEST_PANIC = 14    # the guest kernel reported a panic (pvpanic)
+EXIT_OUTPUT = 12         # a dump or trace could not be written (disk full, directory gone)
+EXIT_REBOOT = 14         # the guest reset the machine (a reboot)
+EXIT_GUEST_PANIC = 16    # the guest kernel reported a panic (pvpanic)
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130   # SIGINT
 EXIT_TERMINATED = 143    # SIGTERM
@@ -25,6 +26,12 @@ class VmmError(Exception):
 
 class BadInput(VmmError):
     """A malformed argument, image or file."""
+
+
+class OutputError(VmmError):
+    """A dump or trace file could not be written."""
+
+    exit_status = EXIT_OUTPUT
 
 
 class KvmUnavailable(VmmError):

@@ -57,7 +57,7 @@ def run(guest, watch, trace_path=None, on_event=None):
             counters = {}
         else:
             with V2E(machine, [(WATCHED, WATCHED + 0x1000)], backend="stock", trace_path=trace_path,
-                     max_steps=1 << 40, on_event=on_event) as engine:
+                     max_instructions=1 << 40, on_event=on_event) as engine:
                 start = time.perf_counter()
                 outcome = machine.run(timeout=600)
                 elapsed = time.perf_counter() - start
@@ -86,7 +86,7 @@ def main():
         rows.append(("stock cost per watched data access", (watched - plain) / args.accesses * 1e6, "us"))
 
         plain, _ = run(event_guest(args.events), watch=False)
-        skipped, counters = run(event_guest(args.events), watch=True, on_event=lambda event: Decision.SKIP)
+        skipped, counters = run(event_guest(args.events), watch=True, on_event=lambda event: Decision.UNRECORDED)
         assert counters["events"] == args.events, counters
         traced, counters = run(event_guest(args.events), watch=True, trace_path=trace_file)
         assert (counters["events"], counters["instructions"]) == (args.events, args.events), counters
@@ -100,7 +100,7 @@ def main():
         rows.append(("traced instructions/s (to a file)", instructions / traced, "insn/s"))
         unrecorded, counters = run(trace_guest(args.loop), watch=True)
         rows.append(("traced instructions/s (no file)", instructions / unrecorded, "insn/s"))
-        stepped, counters = run(trace_guest(args.loop), watch=True, on_event=lambda event: Decision.SKIP)
+        stepped, counters = run(trace_guest(args.loop), watch=True, on_event=lambda event: Decision.UNRECORDED)
         assert counters["steps"] == instructions, counters
         rows.append(("single-steps/s (skipped, not recorded)", instructions / stepped, "step/s"))
 

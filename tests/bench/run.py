@@ -153,7 +153,7 @@ def v2e_trace_rate(guest, iterations, trace_path=None):
     with Machine(serial_output=None) as machine:
         machine.load(guest_image(guest, iterations), mode="protected")
         page = LOAD_ADDR & ~0xFFF
-        with V2E(machine, [(page, page + 4096)], backend="stock", max_steps=1 << 40, trace_path=trace_path,
+        with V2E(machine, [(page, page + 4096)], backend="stock", max_instructions=1 << 40, trace_path=trace_path,
                  on_event=lambda event: Decision.TRACE) as engine:
             start = time.perf_counter()
             outcome = machine.run(timeout=600)

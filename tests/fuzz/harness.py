@@ -79,7 +79,7 @@ def run_case(case, timeout):
             vm.load(case.image, mode=case.mode)
             if case.watched:
                 page = DEFAULT_LOAD_ADDR[case.mode] & ~0xFFF
-                with V2E(vm, [(page, page + 4096)], max_steps=MAX_STEPS,
+                with V2E(vm, [(page, page + 4096)], max_instructions=MAX_STEPS,
                          on_event=lambda event: Decision.TRACE) as engine:
                     started = time.monotonic()
                     outcome = vm.run(timeout=timeout)

@@ -76,6 +76,14 @@ class Vcpu(libc.FileDescriptor):
         self.run_struct.immediate_exit = 1
         self.run()
 
+    def mapping_page(self, page_offset):
+        """A view of one page of the vCPU's mapping (page 0 is kvm_run; KVM puts the PIO data
+        and the coalesced MMIO ring on the pages its capabilities name)."""
+        start = page_offset * 4096
+        if not 0 < page_offset or start + 4096 > self._mmap_size:
+            raise ValueError(f"page {page_offset} is outside the vCPU mapping of {self._mmap_size} bytes")
+        return self._view[start:start + 4096]
+
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
         self._thread_id = threading.get_ident()
@@ -134,16 +142,19 @@ class Vcpu(libc.FileDescriptor):
                 setattr(cpuid.entries[i], name, value)
         libc.ioctl(self.fd, kvm_abi.KVM_SET_CPUID2, cpuid)
 
-    def set_guest_debug(self, enable=False, single_step=False, hw_breakpoints=(), dr7=None):
-        """KVM_SET_GUEST_DEBUG: single-step and/or up to four hardware execution breakpoints."""
+    def set_guest_debug(self, enable=False, single_step=False, hw_breakpoints=(), dr7=None, inject_db=False):
+        """KVM_SET_GUEST_DEBUG: single-step and/or up to four hardware execution breakpoints;
+        inject_db queues a #DB for the guest (its DR6 is what KVM_SET_DEBUGREGS gave it)."""
         if len(hw_breakpoints) > 4:
             raise ValueError("at most four hardware breakpoints")
         debug = libc.ffi.new("struct kvm_guest_debug *")
         control = 0
-        if enable or single_step or hw_breakpoints:
+        if enable or single_step or hw_breakpoints or inject_db:
             control |= kvm_abi.KVM_GUESTDBG_ENABLE
         if single_step:
             control |= kvm_abi.KVM_GUESTDBG_SINGLESTEP
+        if inject_db:
+            control |= kvm_abi.KVM_GUESTDBG_INJECT_DB
         if hw_breakpoints:
             control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
             enables = 0
@@ -161,6 +172,47 @@ class Vcpu(libc.FileDescriptor):
 
     def set_vcpu_events(self, events):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_VCPU_EVENTS, events)
+
+    def get_debugregs(self):
+        debugregs = libc.ffi.new("struct kvm_debugregs *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_DEBUGREGS, debugregs)
+        return debugregs
+
+    def set_debugregs(self, debugregs):
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_DEBUGREGS, debugregs)
+
+    def get_msr(self, index):
+        """One MSR's value as the guest sees it (KVM_GET_MSRS)."""
+        msrs = libc.ffi.new("char[]", libc.ffi.sizeof("struct kvm_msrs") + libc.ffi.sizeof("struct kvm_msr_entry"))
+        header = libc.ffi.cast("struct kvm_msrs *", msrs)
+        header.nmsrs = 1
+        header.entries[0].index = index
+        if libc.ioctl(self.fd, kvm_abi.KVM_GET_MSRS, header) != 1:
+            raise KvmError("KVM_GET_MSRS", errno.EINVAL)
+        return header.entries[0].data
+
+    def _device_attr(self, request, group, attribute, value=None):
+        data = libc.ffi.new("__u64 *", value or 0)
+        attr = libc.ffi.new("struct kvm_device_attr *", {
+            "group": group, "attr": attribute, "addr": int(libc.ffi.cast("uintptr_t", data))})
+        libc.ioctl(self.fd, request, attr)
+        return data[0]
+
+    def has_device_attr(self, group, attribute):
+        try:
+            self._device_attr(kvm_abi.KVM_HAS_DEVICE_ATTR, group, attribute)
+        except KvmError as error:
+            if error.errno in (errno.ENXIO, errno.ENOTTY, errno.EINVAL):
+                return False
+            raise
+        return True
+
+    def get_device_attr(self, group, attribute):
+        """A 64-bit vCPU attribute (e.g. KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET)."""
+        return self._device_attr(kvm_abi.KVM_GET_DEVICE_ATTR, group, attribute)
+
+    def set_device_attr(self, group, attribute, value):
+        self._device_attr(kvm_abi.KVM_SET_DEVICE_ATTR, group, attribute, value)
 
     def set_mp_state(self, mp_state):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_MP_STATE, libc.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))

@@ -56,6 +56,16 @@ class Vm(libc.FileDescriptor):
     def irq_line(self, irq, level):
         libc.ioctl(self.fd, kvm_abi.KVM_IRQ_LINE, libc.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
 
+    def register_coalesced_mmio(self, gpa, size):
+        """Guest writes to [gpa, gpa + size) that would exit as MMIO go to the coalesced ring
+        instead (reads still exit)."""
+        zone = libc.ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": gpa, "size": size})
+        libc.ioctl(self.fd, kvm_abi.KVM_REGISTER_COALESCED_MMIO, zone)
+
+    def unregister_coalesced_mmio(self, gpa, size):
+        zone = libc.ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": gpa, "size": size})
+        libc.ioctl(self.fd, kvm_abi.KVM_UNREGISTER_COALESCED_MMIO, zone)
+
     def set_exec_trap(self, gpa, size, mark):
         """The exec-trap patch's KVM_SET_EXEC_TRAP: mark (or clear) a page-aligned gpa range."""
         trap = libc.ffi.new("struct kvm_exec_trap *", {

@@ -1,5 +1,6 @@
 """A machine: one VM with its RAM, devices, vCPUs and run loops."""
 import contextlib
+import functools
 import threading
 import time
 
@@ -8,7 +9,7 @@ from ..devices import acpi_pm
 from ..devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
 from ..devices.serial import COM1_BASE, PORT_COUNT, Uart16550
 from ..devices.ucall import UCALL_PORT, UcallPort
-from ..errors import BadInput, VmmError
+from ..errors import EXIT_KVM_ERROR, BadInput, VmmError
 from ..kvm import Kvm, install_kick_handler, kick_handler_installed
 from ..loaders import flat
 from ..x86 import boot, cpuid
@@ -50,7 +51,7 @@ class _VcpuThread(threading.Thread):
 
 class Machine:
     def __init__(self, mem_size=DEFAULT_MEM, serial_output=None, serial_input=None, vcpus=1,
-                 kvm_path="/dev/kvm", machine_type="bare"):
+                 kvm_path="/dev/kvm", machine_type="bare", hide_hypervisor=False):
         if machine_type not in pc.MACHINES:
             raise BadInput(f"unknown machine {machine_type!r}: choose one of {', '.join(pc.MACHINES)}")
         if not 0 < mem_size <= MAX_MEM or mem_size % PAGE_SIZE:
@@ -59,6 +60,7 @@ class Machine:
         if machine_type == "pc" and mem_size < PC_MIN_MEM:
             raise BadInput(f"guest memory of {mem_size} bytes: the pc machine needs at least 1 MiB")
         self.outcome = None
+        self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
         self._resources = contextlib.ExitStack()
         try:
@@ -115,7 +117,7 @@ class Machine:
         stack = boot.DEFAULT_STACK[mode] if stack is None else stack
         supported = self.kvm.supported_cpuid()
         for vcpu in self.vcpus:
-            vcpu.set_cpuid(cpuid.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus)))
+            vcpu.set_cpuid(cpuid.cpuid_for_vcpu(supported, vcpu.id, len(self.vcpus), self.hide_hypervisor))
         boot.setup_mode(self.vcpus[0], self.memory, mode, entry, stack, extra_regs)
 
     # -- running -------------------------------------------------------------
@@ -127,6 +129,11 @@ class Machine:
                 self.outcome = outcome
         for vcpu in self.vcpus:
             vcpu.kick()
+
+    @functools.cached_property
+    def cpu_vendor(self):
+        """'intel' or 'amd': the vCPUs' instruction set, as KVM's CPUID has it."""
+        return cpuid.vendor(self.kvm.supported_cpuid())
 
     def pause(self, exempt=None):
         """Park every vCPU (but the one with id `exempt`, when a vCPU thread asks for the others)
@@ -231,8 +238,9 @@ class Machine:
     def _run_vcpu(self, loop, errors):
         try:
             loop.run()
-        except VmmError as error:
-            self.stop(kvm_error(f"vCPU {loop.vcpu.id}: {error}"))
+        except VmmError as error:   # a KVM error, or an analysis that cannot go on (a dump failed)
+            kind = "kvm-error" if error.exit_status == EXIT_KVM_ERROR else "error"
+            self.stop(Outcome(kind, error.exit_status, f"vCPU {loop.vcpu.id}: {error}", vcpu_id=loop.vcpu.id))
         except BaseException as error:  # a VMM bug: stop the others, re-raise in the caller
             errors.append(error)
             self.stop(kvm_error(f"vCPU {loop.vcpu.id}: internal error: {error!r}"))

@@ -4,6 +4,10 @@ A RAM region's backing memory and its memslots are separate: pages can be
 taken out of the slot layout (so guest accesses to them exit to userspace)
 while their contents stay in the backing mmap.
 """
+import bisect
+
+import kvm_abi as abi
+
 from ..errors import VmmError
 from ..kvm import libc
 from ..x86.paging import PAGE_SIZE
@@ -32,15 +36,27 @@ class RamRegion:
             self._addr = None
 
 
+# Page states in the memslot layout: in a slot (MAPPED), in a read-only slot (READONLY: guest
+# writes exit as MMIO), or in no slot (UNMAPPED: every guest access exits).
+MAPPED, READONLY, UNMAPPED = "mapped", "readonly", "unmapped"
+PAGE_STATES = (MAPPED, READONLY, UNMAPPED)
+MAX_SLOTS = 32764   # KVM_USER_MEM_SLOTS on x86
+
+
 class GuestMemory:
-    """All RAM of one VM, with bounds-checked access by guest-physical address."""
+    """All RAM of one VM, with bounds-checked access by guest-physical address.
+
+    Every page of RAM is MAPPED unless given another state; the memslots are the runs of
+    same-state pages (kept as runs, never page by page). Changing pages' states changes only
+    the slots around them: a memslot change costs KVM an SRCU grace period, and the zap of
+    every mapping of the slot it deletes."""
 
     def __init__(self, vm):
         self._vm = vm
         self.regions = []
-        self._slots = {}           # slot number -> (gpa, size, host_addr)
-        self._unmapped = frozenset()
-        self._split_points = frozenset()
+        self._runs = []            # [start, end, state, slot number or None], sorted, covering RAM
+        self._starts = []          # the runs' starts, for bisect
+        self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
 
     # -- layout --------------------------------------------------------------
 
@@ -53,61 +69,112 @@ class GuestMemory:
         self.regions.append(region)
         self.regions.sort(key=lambda r: r.gpa)
         try:
-            self._apply_layout()
+            index = bisect.bisect_left(self._starts, gpa)
+            self._replace_runs(index, index, [(gpa, gpa + size, MAPPED)])
         except BaseException:
             self.regions.remove(region)
             region.close()
             raise
         return region
 
-    def set_unmapped_pages(self, pages):
-        """Take these guest-physical pages out of the memslots (their backing stays)."""
-        pages = frozenset(pages)
-        for page in pages:
+    def set_page_states(self, states):
+        """Give pages (page-aligned gpas of RAM) new states: a {page: state} mapping."""
+        for page, state in states.items():
             if page % PAGE_SIZE or not self.contains(page, PAGE_SIZE):
                 raise GuestMemoryError(f"{page:#x} is not a page of guest RAM")
-        self._unmapped = pages
-        self._apply_layout()
+            if state not in PAGE_STATES:
+                raise GuestMemoryError(f"unknown page state {state!r}")
+        blocks = []   # (start, end, state): consecutive pages going to the same state
+        for page in sorted(states):
+            state = states[page]
+            if blocks and blocks[-1][1] == page and blocks[-1][2] == state and self._same_region(blocks[-1][0], page):
+                blocks[-1][1] = page + PAGE_SIZE
+            else:
+                blocks.append([page, page + PAGE_SIZE, state])
+        for start, end, state in blocks:
+            self._set_range(start, end, state)
+
+    def set_unmapped_pages(self, pages):
+        """Make exactly these pages UNMAPPED (the others UNMAPPED before become MAPPED)."""
+        pages = frozenset(pages)
+        changes = {page: MAPPED for page in self.unmapped_pages - pages}
+        changes.update({page: UNMAPPED for page in pages})
+        self.set_page_states(changes)
+
+    def page_state(self, page):
+        return self._run_at(page)[2]
 
     @property
     def unmapped_pages(self):
-        return self._unmapped
+        return frozenset(page for start, end, state, _ in self._runs if state == UNMAPPED
+                         for page in range(start, end, PAGE_SIZE))
 
     @property
     def slots(self):
-        """The memslots now registered with KVM: sorted (gpa, size, host address)."""
-        return sorted(self._slots.values())
+        """The memslots now registered with KVM: sorted (gpa, size, host address, read-only)."""
+        return [(start, end - start, self._host(start), state == READONLY)
+                for start, end, state, slot in self._runs if slot is not None]
 
-    def set_split_points(self, addresses):
-        """Page-aligned addresses where memslots always end, so that unmapping and remapping
-        the pages between two of them changes only the slots in between (few ioctls)."""
-        self._split_points = frozenset(addresses)
-        self._apply_layout()
+    def _host(self, gpa):
+        region = self.region_of(gpa, 0)
+        return region.host_addr + gpa - region.gpa
 
-    def _wanted_slots(self):
-        """The memslots that cover all RAM except the unmapped pages."""
-        wanted = []
-        holes = {page + PAGE_SIZE for page in self._unmapped}
-        for region in self.regions:
-            cuts = sorted({region.gpa, region.end} | {address for address in self._split_points | self._unmapped | holes
-                                                      if region.gpa < address < region.end})
-            for start, end in zip(cuts, cuts[1:]):
-                if start not in self._unmapped:
-                    wanted.append((start, end - start, region.host_addr + start - region.gpa))
-        return wanted
+    def _run_at(self, gpa):
+        index = bisect.bisect_right(self._starts, gpa) - 1
+        if index < 0 or not self._runs[index][0] <= gpa < self._runs[index][1]:
+            raise GuestMemoryError(f"guest-physical address {gpa:#x} is not RAM")
+        return self._runs[index]
 
-    def _apply_layout(self):
-        wanted = set(self._wanted_slots())
-        keep = {slot: spec for slot, spec in self._slots.items() if spec in wanted}
-        for slot, (gpa, _, host) in self._slots.items():
-            if slot not in keep:
-                self._vm.set_user_memory_region(slot, gpa, 0, host)
-        self._slots = keep
-        free = (n for n in range(1 << 15) if n not in keep)
-        for spec in sorted(wanted - set(keep.values())):
-            slot = next(free)
-            self._vm.set_user_memory_region(slot, *spec)
-            self._slots[slot] = spec
+    def _set_range(self, start, end, state):
+        """Put [start, end) (inside one region, page aligned) in `state`: split the runs it
+        cuts, merge it with same-state neighbours that touch it."""
+        first = bisect.bisect_right(self._starts, start) - 1
+        last = bisect.bisect_left(self._starts, end) - 1
+        runs = []
+        if self._runs[first][0] < start:
+            runs.append((self._runs[first][0], start, self._runs[first][2]))
+        runs.append((start, end, state))
+        if self._runs[last][1] > end:
+            runs.append((end, self._runs[last][1], self._runs[last][2]))
+        if first > 0 and self._runs[first - 1][1] == runs[0][0]:
+            first -= 1
+            runs.insert(0, tuple(self._runs[first][:3]))
+        if last + 1 < len(self._runs) and self._runs[last + 1][0] == runs[-1][1]:
+            last += 1
+            runs.append(tuple(self._runs[last][:3]))
+        merged = []
+        for run in runs:
+            if merged and merged[-1][2] == run[2] and merged[-1][1] == run[0] and self._same_region(merged[-1][0], run[0]):
+                merged[-1] = (merged[-1][0], run[1], run[2])
+            else:
+                merged.append(run)
+        self._replace_runs(first, last + 1, merged)
+
+    def _same_region(self, a, b):
+        return self.region_of(a, 0) is self.region_of(b, 0)
+
+    def _replace_runs(self, first, stop, runs):
+        """Replace self._runs[first:stop] by `runs` ((start, end, state)), deleting and creating
+        only the memslots that differ."""
+        old = self._runs[first:stop]
+        kept = {(start, end, state): slot for start, end, state, slot in old}
+        wanted = set(runs)
+        for start, end, state, slot in old:
+            if (start, end, state) not in wanted and slot is not None:
+                self._vm.set_user_memory_region(slot, start, 0, self._host(start))
+                self._free_slots.append(slot)
+        new = []
+        for start, end, state in runs:
+            slot = kept.get((start, end, state))
+            if slot is None and state != UNMAPPED:
+                if not self._free_slots:
+                    raise GuestMemoryError(f"more than {MAX_SLOTS} memslots needed")
+                slot = self._free_slots.pop()
+                flags = abi.KVM_MEM_READONLY if state == READONLY else 0
+                self._vm.set_user_memory_region(slot, start, end - start, self._host(start), flags)
+            new.append((start, end, state, slot))
+        self._runs[first:stop] = new
+        self._starts[first:stop] = [run[0] for run in new]
 
     # -- access --------------------------------------------------------------
 
@@ -151,4 +218,4 @@ class GuestMemory:
         for region in self.regions:
             region.close()
         self.regions = []
-        self._slots = {}
+        self._runs = []

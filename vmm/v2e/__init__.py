@@ -12,10 +12,10 @@ instruction at a time), events (what the engine reports), trace (the JSONL recor
 reader), policy (the other vCPUs while one traces), engine (the wiring).
 """
 from .backends import BACKENDS, BackendUnavailable
-from .engine import DEFAULT_MAX_STEPS, V2E
+from .engine import DEFAULT_MAX_INSTRUCTIONS, V2E
 from .events import Decision, EmulateEvent, Step
 from .trace import format_trace, page_bytes, read_trace
 from .watch import WatchSet, parse_watch
 
-__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_STEPS", "V2E", "Decision", "EmulateEvent", "Step",
+__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_INSTRUCTIONS", "V2E", "Decision", "EmulateEvent", "Step",
            "format_trace", "page_bytes", "read_trace", "WatchSet", "parse_watch"]

@@ -8,7 +8,7 @@ import kvm_abi as abi
 
 from ..errors import EXIT_NO_KVM, VmmError
 from ..x86 import paging
-from ..x86.insn import MAX_LENGTH
+from ..x86.decoder import MAX_LENGTH
 from ..x86.mode import linear_rip
 
 BACKENDS = ("auto", "patched", "stock")
@@ -65,9 +65,6 @@ class StockBackend:
             device = WatchedRam(self._memory, start)
             self._mmio.register(device, start, end - start)
             self.devices.append(device)
-        # Watched ranges get memslots of their own: arming and disarming then add or
-        # delete only those, each change costing a memslot update in KVM.
-        self._memory.set_split_points(address for start, end in self._watch.ranges for address in (start, end))
         self.arm()
 
     def arm(self):
@@ -91,12 +88,11 @@ class StockBackend:
                 if next_gpa is not None and next_gpa in self._watch:
                     target = next_gpa, next_page
         if target is not None:
-            _withdraw_emulation_failure_ud(vcpu)
+            withdraw_emulation_failure_ud(vcpu)
         return target
 
     def stop(self):
         self.disarm()
-        self._memory.set_split_points(())
         for device in self.devices:
             self._mmio.unregister(device)
         self.devices = []
@@ -106,7 +102,7 @@ class StockBackend:
                 "watched_data_writes": sum(d.writes for d in self.devices)}
 
 
-def _withdraw_emulation_failure_ud(vcpu):
+def withdraw_emulation_failure_ud(vcpu):
     """KVM queues #UD for the guest when it reports an emulation failure (handle_emulation_failure
     in x86.c; the paravirtual KVM here does not). The fetch is ours to serve, not a guest fault."""
     events = vcpu.get_vcpu_events()
@@ -154,19 +150,41 @@ class PatchedBackend:
         return {}
 
 
-def select_backend(name, machine, watch):
-    """The backend `name` asks for ('auto': the patched kernel when present, else stock)."""
+class NoTrap:
+    """No trap at all: the caller says when to trace (V2E.trace_region)."""
+
+    name = "none"
+    exit_reason = None
+
+    def start(self):
+        pass
+
+    arm = disarm = stop = start
+
+    def counters(self):
+        return {}
+
+
+def choose_backend(name, machine):
+    """'patched' or 'stock': what `name` asks for on this host ('auto': the patched kernel when
+    present, else stock)."""
     if name not in BACKENDS:
         raise VmmError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "stock":
-        return StockBackend(machine, watch)
+        return "stock"
     version = PatchedBackend.available(machine.vm)
     if version == abi.KVM_EXEC_TRAP_ABI_VERSION:
-        return PatchedBackend(machine, watch)
+        return "patched"
     if name == "auto":
-        return StockBackend(machine, watch)
+        return "stock"
     if version == 0:
         raise BackendUnavailable("--backend patched: this host's KVM lacks the exec-trap patch "
                                  "(KVM_CAP_EXEC_TRAP is not reported); use --backend stock or auto")
     raise BackendUnavailable(f"--backend patched: the exec-trap patch speaks ABI version {version}, "
                              f"this VMM speaks {abi.KVM_EXEC_TRAP_ABI_VERSION}")
+
+
+def select_backend(name, machine, watch):
+    """The V2E trap backend `name` asks for (see choose_backend)."""
+    backend = PatchedBackend if choose_backend(name, machine) == "patched" else StockBackend
+    return backend(machine, watch)

@@ -6,7 +6,7 @@ from ..errors import BadInput
 from ..loaders import elf
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from .backends import BACKENDS
-from .engine import DEFAULT_MAX_STEPS, V2E
+from .engine import DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TSC_PER_STEP, V2E
 from .trace import format_trace, plural, read_trace
 from .watch import page_ranges, parse_watch
 
@@ -18,6 +18,16 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _count(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2^32 - 1, got {text!r}")
     return value
 
 
@@ -37,8 +47,11 @@ def add_run_options(run):
     group.add_argument("--trace", metavar="PATH", help="write the V2E trace (JSON Lines) to PATH")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (the exec-trap kernel patch when present, else stock), patched or stock")
-    group.add_argument("--max-steps", type=_positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
-                       help=f"instructions recorded per event at most (default: {DEFAULT_MAX_STEPS})")
+    group.add_argument("--max-instructions", type=_positive_int, default=DEFAULT_MAX_INSTRUCTIONS, metavar="N",
+                       help=f"instructions recorded per event at most; the rest of the event is stepped "
+                            f"unrecorded (default: {DEFAULT_MAX_INSTRUCTIONS})")
+    group.add_argument("--tsc-per-step", type=_count, default=DEFAULT_TSC_PER_STEP, metavar="CYCLES",
+                       help=f"TSC cycles the guest sees a traced instruction take (default: {DEFAULT_TSC_PER_STEP})")
 
 
 def attach(machine, args, stack, image):
@@ -49,10 +62,11 @@ def attach(machine, args, stack, image):
     ranges += page_ranges(page for page in symbol_pages
                           if not any(start <= page < end for start, end in args.watch))
     if not ranges:
-        if args.trace:
-            raise BadInput("--trace needs at least one --watch range or --watch-symbol")
+        if args.trace and args.unpack is None:
+            raise BadInput("--trace needs at least one --watch range, --watch-symbol or --unpack")
         return None
-    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace, max_steps=args.max_steps)
+    engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace,
+                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step)
     stack.callback(_close, engine, args.trace)
     return engine
 
@@ -70,6 +84,10 @@ def _symbol_pages(symbols, image, memory_size, name):
         start = elf.physical_address(value, segments)
         if start is None:
             raise BadInput(f"{name}: symbol {symbol!r} at {value:#x} is outside every loaded segment")
+        # st_size comes from the file: a symbol may not claim more than guest RAM.
+        if start + max(size, 1) > memory_size:
+            raise BadInput(f"{name}: symbol {symbol!r} at {start:#x} of {size:#x} bytes runs past the end "
+                           f"of guest memory ({memory_size:#x} bytes)")
         pages.update(range(start & PAGE_MASK, start + max(size, 1), PAGE_SIZE))
     return pages
 

@@ -3,20 +3,22 @@ instructions), and the analysis's decisions about them."""
 import enum
 from dataclasses import dataclass
 
-from ..x86.paging import PAGE_MASK
 from ..x86.registers import general_registers_as_dict
 
 
 class Decision(enum.Enum):
     """What the analysis wants for an event (or, from an instruction callback, from now on)."""
-    TRACE = "trace"   # record every instruction until execution leaves the watched pages
-    SKIP = "skip"     # let the watched code run unrecorded; the trap re-arms when it leaves
-    STOP = "stop"     # stop the guest now
+    TRACE = "trace"             # record every instruction until execution leaves the watched pages
+    UNRECORDED = "unrecorded"   # step it as TRACE does (the guest sees the same), record nothing
+    STOP = "stop"               # stop the guest now
 
 
 @dataclass(slots=True, repr=False)
 class EmulateEvent:
-    """One entry into the watched pages, whichever backend trapped it (regs and sregs: dicts)."""
+    """One entry into the watched pages, whichever backend trapped it: the first instruction's
+    guest-physical and linear address and RIP, the CPU mode, the registers before it (regs,
+    sregs: dicts), and the watched page it touches (its own page, or the next one for an
+    instruction that runs into a watched page)."""
 
     index: int
     vcpu_id: int
@@ -27,10 +29,7 @@ class EmulateEvent:
     mode: str
     regs: dict
     sregs: dict
-
-    @property
-    def page(self):
-        return self.gpa & PAGE_MASK
+    page: int
 
     def __repr__(self):
         gva = "None" if self.gva is None else f"{self.gva:#x}"

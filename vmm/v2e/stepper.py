@@ -1,38 +1,67 @@
-"""Driving a vCPU through watched code one instruction at a time.
+"""Driving a vCPU one instruction at a time, invisibly.
 
-A Stepper takes over its vCPU's run loop (RunLoop.drive) for one event: single-step is on,
-each DEBUG exit is one executed instruction, with the registers KVM copies into kvm_run
-(KVM_CAP_SYNC_REGS); every other exit (I/O, MMIO, HLT, a kick) goes back to the run loop's
-handlers. It keeps the CPU state the trace needs between steps (the instruction about to
-execute, the code page and its RAM, the special registers) and hands each executed
-instruction to its sink; when RIP leaves the watched pages it gives the vCPU back.
+While any vCPU traces watched code the trap is disarmed for the whole VM, so every vCPU is
+single-stepped by a Stepper (a RunLoop driver): each DEBUG exit is one executed instruction,
+with the registers KVM copies into kvm_run (KVM_CAP_SYNC_REGS); every other exit (I/O, MMIO,
+a kick) goes back to the run loop's handlers. A Stepper is either watching (the vCPU runs
+unwatched code: nothing is recorded, but the moment an instruction touches a watched page an
+event starts) or tracing an event (each executed instruction goes to the engine).
+
+The guest must not see the stepping, so the Stepper keeps the guest's own view of what
+single-stepping changes:
+- RFLAGS.TF: KVM hides its own TF from KVM_GET_REGS, so the guest's TF is tracked here (set
+  and cleared by popf, iret, sysret; cleared by event delivery). pushf and the RFLAGS image an
+  exception or interrupt pushes get the guest's TF written back. A guest that sets TF gets its
+  #DB (DR6.BS) after the right instruction; after MOV SS / POP SS the trap waits one more
+  instruction, as on the CPU.
+- the guest's own DR0-DR3 breakpoints reach the VMM as DEBUG exits too: they are delivered
+  to the guest as #DB with their DR6 bits.
+- time: rdtsc and rdtscp in traced code read a virtual TSC that advances by tsc_per_step per
+  traced instruction; when the event ends the vCPU's TSC offset takes the hidden time out.
+- HLT: KVM steps over it; on a machine with an in-kernel LAPIC the vCPU is put in the halted
+  state instead, as the instruction would have done.
+An exception or interrupt delivered during a step is recognised by the frame the CPU pushed
+(the return address and CS it saved) and by the IDT gate of the handler the vCPU is in.
 """
 import kvm_abi as abi
 
 from ..kvm import exits
-from ..x86 import insn, paging
+from ..x86 import decoder, idt, paging
+from ..x86.decoder import Flow
 from ..x86.mode import code_segment, cpu_mode
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
-from ..x86.registers import RIP
+from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_ENABLE, MSR_IA32_TSC, MSR_TSC_AUX, R11, RAX, RCX, RDX,
+                             RFLAGS, RFLAGS_TF, RIP, RSP)
 
 # Decoded instructions are memoised by their bytes, and page translations by (CR3, linear
 # page); a guest that generates code or aliases pages without end only makes a table start over.
 MAX_MEMOISED_INSTRUCTIONS = 1 << 14
 MAX_CACHED_PAGES = 1 << 12
-HLT_OPCODE = 0xF4
-# Instructions after which CS, the control registers or EFER may differ: the stepper
-# re-reads the special registers after them (and after any unexpected jump of RIP, e.g.
-# an exception), and otherwise keeps the ones it has.
-_MODE_CHANGERS = frozenset((0x9A, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xEA, 0xF1, 0xFF,
-                            0x0F00, 0x0F01, 0x0F05, 0x0F06, 0x0F07, 0x0F22, 0x0F30, 0x0F34, 0x0F35, 0x0FAA))
-_NEAR_BRANCHES = frozenset((*range(0x70, 0x80), 0xC2, 0xC3, 0xE0, 0xE1, 0xE2, 0xE3, 0xE8, 0xE9, 0xEB,
-                            *range(0x0F80, 0x0F90)))
-# What the stepper does after an instruction, by kind: nothing special (RIP moved to a new
-# place unexpectedly: an exception, so re-read the special registers), nothing for a near
-# branch, re-read the special registers after a mode changer (or an undecodable
-# instruction), halt after HLT.
+
+# How an instruction transfers control: not at all (the next RIP must follow it), a near
+# branch (its direct target or the next instruction, or for ret the return address), a far
+# transfer or mode change (anything; the special registers are re-read), HLT.
 _ORDINARY, _NEAR_BRANCH, _MODE_CHANGE, _HLT = range(4)
+_KINDS = {Flow.ORDINARY: _ORDINARY, Flow.NEAR_BRANCH: _NEAR_BRANCH, Flow.FAR_OR_MODE_CHANGE: _MODE_CHANGE,
+          Flow.HLT: _HLT}
+_RETURNS = frozenset((0xC2, 0xC3))
+# Instructions that always deliver an exception or a software interrupt: int3, int n, into,
+# int1, ud0, ud1, ud2 (and bytes the decoder does not know: #UD).
+_DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
+# Instructions the stepper looks at more closely (see the module docstring).
+_PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
+_SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
+_STACK_WORD = {16: 2, 32: 4, 64: 8}
+# How far above the stack pointer the stepper looks for an exception frame (an error code,
+# and what a handler's first instruction may already have pushed).
+_FRAME_SEARCH_SLOTS = 4
+_HANDLER_ENTRY_REACH = 15   # a handler's first instruction may have run before the step ended
+# Instructions a vCPU steps outside watched code before the engine may re-arm the trap: code
+# that leaves the watched pages and soon comes back (a call out, an interrupt handler, a loop
+# calling watched code) then costs no trap, and a timer faster than a trap's round trip cannot
+# keep the guest from making progress.
+REARM_AFTER_STEPS = 1000
 
 
 def new_instruction_memo():
@@ -40,77 +69,130 @@ def new_instruction_memo():
     return {16: {}, 32: {}, 64: {}}
 
 
-class Stepper:
-    """One event's single-stepping of one vCPU (a RunLoop driver).
+def _special(instruction, code):
+    if instruction.opcode == 0x8E:   # mov to a segment register: ModRM.reg 2 is SS
+        return _SS_LOAD if instruction.reg == 2 else _PLAIN
+    if instruction.opcode == 0x0F01 and instruction.reg == 7 and code[instruction.length - 1] == 0xF9:
+        return _RDTSCP
+    return _SPECIAL.get(instruction.opcode, _PLAIN)
 
-    The sink gets instruction(stepper, values) for each executed instruction while `record`
-    is on or the budget matters (values: the registers after it; False ends the trace), and
-    left(stepper, rip, reason) once the vCPU is given back.
+
+class Stepper:
+    """One vCPU's single-stepping (a RunLoop driver) for as long as the machine steps.
+
+    The engine gets event_starts(stepper) when the instruction about to execute touches a
+    watched page while the stepper watches (it calls begin() to trace, or leaves it
+    watching), instruction(stepper, values) for each executed instruction of an event that
+    is recorded (values: the registers after it; False ends the trace), and
+    event_ends(stepper, event, rip, reason, detail) when tracing stops, and idle(stepper) once
+    it has stepped REARM_AFTER_STEPS instructions outside watched code.
     """
 
-    def __init__(self, loop, memory, watched_pages, memo, sink, event, record, synced, max_steps):
+    def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel, vendor):
         self.loop = loop
-        self.event = event
-        self.record = record              # instructions are recorded (else only stepped)
-        self.steps = self.traced = 0
-        self._vcpu = loop.vcpu
+        self.vcpu = loop.vcpu
+        self.event = None                 # the event being traced, or None while watching
+        self.record = False               # the event's instructions are recorded
+        self.steps = self.traced = 0      # of the current event
+        # The instruction about to execute: RIP, its physical address and bytes, the
+        # registers before it, and the watched page it touches (or None).
+        self.rip = self.gpa = self.code = self.values = self.watched_page = None
+        self._engine = engine
         self._memory = memory
         self._watched = watched_pages
         self._memo = memo
-        self._sink = sink
-        self._records = sink.records_steps
-        self._max_steps = max_steps
         self._synced = synced
-        self._read_regs = self._vcpu.register_reader(synced)
-        # The instruction at rip: its bytes, where it goes when it does not branch, its kind,
-        # and whether it is a branch to itself (which makes no progress yet executes).
-        self.rip = self.gpa = self.code = None
-        self._next_rip = self._kind = self._self_branch = None
-        # (CR3, linear page) -> physical page. A stale entry after the guest edits its page
-        # tables only ends or prolongs the trace; the trap catches the next real fetch.
+        self._tsc_per_step = tsc_per_step
+        self._halt_in_kernel = halt_in_kernel
+        self._vendor = vendor
+        self._read_regs = self.vcpu.register_reader(synced)
+        self._guest_tf = False            # the guest's own RFLAGS.TF
+        self._tf_traps = False            # its TF was set when the instruction about to execute began
+        self._delivering = False          # a #DB this stepper queued is being delivered
+        self._idle = 0                    # steps since the last event ended
+        self._iret_target = None          # where the last iret returned to
+        self._pending_db = 0              # DR6 bits of a guest breakpoint to deliver after this step
+        self._tsc_start = self._tsc_offset = None
+        self._attached = False
+        self._length = self._kind = self._special = self._displacement = self._self_branch = None
+        self._opcode = self._next_rip = self._delivers = self._operand_bits = None
+        self._cs_selector_before = self._cs_base_before = None   # CS when the instruction began
+        # (CR3, linear page) -> (physical page, the walk's entries as (view, bytes)): a cached
+        # translation is used only while the page-table entries it was read from are unchanged.
         self._pages = {}
-        # The watched page RIP is in: its linear and physical address and a view of its RAM.
-        self._linear_page = self._page_gpa = self._page_view = None
-        self._sregs = self._bits = self._cs_base = self._cs_mask = self._decoded = None
+        self._sregs = self._bits = self._cs_base = self._cs_mask = self._ip_mask = self._decoded = None
+        self._linear_page = self._page_gpa = self._page_view = self._page_entries = None
 
-    # -- start and end -------------------------------------------------------
+    # -- taking the vCPU and giving it back ----------------------------------
 
-    def start(self, rip, sregs, gpa):
-        """Take over the vCPU at the instruction at rip, fetched from gpa."""
-        self._load_sregs(sregs)
-        linear = (self._cs_base + rip) & self._cs_mask
-        self._linear_page, self._page_gpa = linear & PAGE_MASK, gpa & PAGE_MASK
-        self._page_view = self._memory.view(self._page_gpa, PAGE_SIZE)
-        self._next_instruction(rip, linear)
+    def attach(self):
+        """Start single-stepping the vCPU (it is parked, or this is its own thread)."""
+        values = self.vcpu.register_reader(False)()   # TF as the guest has it: not stepped yet
+        self._guest_tf = bool(values[RFLAGS] & RFLAGS_TF)
+        self._load_sregs(self.vcpu.get_sregs())
         if self._synced:
-            self._vcpu.sync_regs(True)
-        self._vcpu.set_guest_debug(single_step=True)
+            self.vcpu.sync_regs(True)
+        self.vcpu.set_guest_debug(single_step=True)
+        self._attached = True
         self.loop.drive(self)
+        self._position(values)
 
-    def _end(self, rip, reason):
-        """Give the vCPU back: single-step off, then tell the sink."""
-        self._vcpu.set_guest_debug()
-        self._vcpu.sync_regs(False)
+    def detach(self):
+        """Stop single-stepping (the vCPU is parked, or this is its own thread). KVM drops the
+        guest's own TF with its single-step: it is put back."""
+        if not self._attached:
+            return
+        self._attached = False
+        self.vcpu.set_guest_debug()
+        if self._guest_tf:
+            regs = self.vcpu.get_regs()
+            regs.rflags |= RFLAGS_TF
+            self.vcpu.set_regs(regs)
+        self.vcpu.sync_regs(False)
         self._page_view = None
         self.loop.release()
-        self._sink.left(self, rip, reason)
+
+    def reposition(self):
+        """Look again at the instruction about to execute (the watched pages changed)."""
+        self._position(self.vcpu.register_reader(False)())
 
     def abandon(self):
         """The run ended while stepping (no vCPU thread runs): drop the vCPU's state."""
-        self._vcpu.sync_regs(False)
+        self._attached = False
+        self.vcpu.sync_regs(False)
         self._page_view = None
         self.loop.release()
+
+    # -- events --------------------------------------------------------------
+
+    def begin(self, event, record):
+        """Trace from the instruction about to execute."""
+        self.event, self.record = event, record
+        self.steps = self.traced = 0
+        self._tsc_start = self.vcpu.get_msr(MSR_IA32_TSC)
+        self._tsc_offset = self._engine.tsc_offset(self.vcpu)
+
+    def end(self, rip, reason, detail=None):
+        """Stop tracing: the hidden time leaves the guest's TSC, then the engine hears of it."""
+        event, self.event = self.event, None
+        if self._tsc_offset is not None:
+            hidden = self.vcpu.get_msr(MSR_IA32_TSC) - self._tsc_start - self.steps * self._tsc_per_step
+            if hidden > 0:
+                self._engine.set_tsc_offset(self.vcpu, self._tsc_offset - hidden)
+        self._tsc_start = self._tsc_offset = None
+        self._engine.event_ends(self, event, rip, reason, detail)
 
     # -- each exit -----------------------------------------------------------
 
     def on_exit(self, exit):
-        """One KVM_RUN's exit while stepping. The common step (recorded, an ordinary
-        instruction or a near branch, the same code page) stays in this method."""
         reason = exit.reason
         if reason == _DEBUG:
             values = self._read_regs()
-            rip = values[RIP]
-            if rip == self.rip and not self._self_branch:
+            breakpoints = exit.dr6 & DR6_B0_B3 & _enabled(exit.dr7)
+            if breakpoints:
+                self._guest_breakpoint(values, breakpoints)
+                return
+            if values[RIP] == self.rip and not self._self_branch and not self._delivering:
                 # No progress: a rep-string iteration, or a trap KVM reports again or late
                 # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
                 return
@@ -121,67 +203,303 @@ class Stepper:
             if (reason != _IO and reason != _MMIO) or self.loop.machine.outcome is not None:
                 return
             values = self._read_regs()
-            rip = values[RIP]
-            if rip == self.rip:
+            if values[RIP] == self.rip:
                 return
-        # The instruction at self.rip executed.
+        self._stepped(values)
+
+    def _stepped(self, values):
+        """RIP moved on from self.rip: what happened, then on to the next instruction."""
+        rip = values[RIP]
+        special = self._special
+        if self._delivering or not self._expected(rip):
+            if special == _SS_LOAD and self._after_ss_load(values):
+                return
+            self._unexpected(values)
+            return
+        traps = self._tf_traps
+        if special != _PLAIN:
+            self._emulate_flags(special, values)
+        if self.event is not None and not self._executed(values):
+            return
+        if self._kind >= _MODE_CHANGE:
+            if self._kind == _HLT:
+                self._halted(values)
+                return
+            if self._delivers:   # int n, int3, ud2...: the vCPU is in a handler now
+                self._unexpected(values)
+                return
+            returns_to = self._iret_target
+            self._load_sregs(self.vcpu.get_sregs())
+            if special == _IRET and returns_to is not None and rip != returns_to:
+                # Some hosts report the step after iret one instruction late: the one at
+                # the return address ran too (or an interrupt came before it).
+                self._step_from(returns_to, values, "branch-out", None)
+                return
+        bits = (DR6_BS if traps else 0) | self._pending_db
+        self._pending_db = 0
+        if bits and self._attached:
+            self._inject_db(bits)
+        self._position(values)
+
+    def _expected(self, rip):
+        """Whether RIP is where the instruction about to execute goes."""
+        kind = self._kind
+        if kind == _ORDINARY:
+            return rip == self._next_rip
+        if kind != _NEAR_BRANCH:
+            return True
+        if self._displacement is not None:
+            return rip in (self._next_rip, (self._next_rip + self._displacement) & self._ip_mask)
+        if self._opcode in _RETURNS:
+            returns_to = self._read_stack(self.values[RSP], self._operand_bytes())
+            return returns_to is None or rip == returns_to
+        return True
+
+    def _executed(self, values):
+        """Count (and hand to the engine) the instruction at self.rip, which ran; False when
+        the trace has ended."""
         self.steps += 1
         if self.record:
             self.traced += 1
-            if (self._records or self.traced >= self._max_steps) and not self._sink.instruction(self, values):
-                return
-        kind = self._kind
-        if kind >= _MODE_CHANGE or (kind == _ORDINARY and rip != self._next_rip):
-            if kind == _HLT:
-                # With single-step on, KVM reports HLT as a DEBUG exit and goes past it.
-                self._end(rip, "hlt")
-                self.loop.dispatch(exits.Hlt(abi.KVM_EXIT_HLT))
-                return
-            self._load_sregs(self._vcpu.get_sregs())
-        linear = (self._cs_base + rip) & self._cs_mask
-        if linear & PAGE_MASK != self._linear_page and not self._enter_page(linear & PAGE_MASK):
-            self._end(rip, "left the watched pages")
+            return self._engine.instruction(self, values)
+        return True
+
+    # -- flags, traps and events the guest must see as if nothing watched it -
+
+    def _emulate_flags(self, special, values):
+        """After pushf, popf, iret, sysret: keep the guest's TF (and the image pushf wrote).
+        A popped TF of 0 also cleared KVM's, so single-step is set again."""
+        before = self.values
+        if special == _PUSHF:
+            self._write_tf(self._stack_linear(values[RSP]), self._guest_tf)
             return
-        self._next_instruction(rip, linear)
-
-    def stop(self, rip, reason):
-        """End the trace from the sink (the analysis stopped it)."""
-        self._end(rip, reason)
-
-    # -- CPU state -----------------------------------------------------------
-
-    def _load_sregs(self, sregs):
-        """Take new special registers: CPU mode, CS base, paging; forget the code page."""
-        self._sregs = sregs
-        self._bits = cpu_mode(sregs)[1]
-        segment = code_segment(sregs)
-        self._cs_base, self._cs_mask = segment.base, segment.mask
-        self._decoded = self._memo[self._bits]
-        self._linear_page = self._page_view = None
-
-    def _next_instruction(self, rip, linear):
-        """Remember the instruction at RIP (linear, in the code page) before it executes."""
-        offset = linear & ~PAGE_MASK
-        self.rip, self.gpa = rip, self._page_gpa | offset
-        if offset <= PAGE_SIZE - insn.MAX_LENGTH:
-            code = self._page_view[offset:offset + insn.MAX_LENGTH].tobytes()
+        if special == _POPF:
+            image = self._read_stack(before[RSP], self._operand_bytes())
+        elif special == _IRET:
+            size = self._operand_bytes()
+            image = self._read_stack(before[RSP] + 2 * size, size)
+            self._iret_target = self._read_stack(before[RSP], size)
+        elif special == _SYSRET:
+            image = before[R11]
         else:
-            code = self._code_across_pages(linear)
-        decoded = self._decoded.get(code) or self._decode(code)
-        self.code, length, self._kind, self._self_branch = decoded
-        self._next_rip = rip + length
+            return
+        self._guest_tf = bool(image is not None and image & RFLAGS_TF)
+        self.vcpu.set_guest_debug(single_step=True)
+
+    def _after_ss_load(self, values):
+        """MOV SS / POP SS hold debug traps for one instruction, so one step ran two; True when
+        that explains where RIP is."""
+        following = self._decode_at(self._next_rip)
+        if following is None:
+            return False
+        first_values = self.values
+        if self.event is not None and not self._executed(values):
+            return True
+        self.rip, self.values = self._next_rip, first_values
+        self.gpa = self._translate((self._cs_base + self.rip) & self._cs_mask)
+        self._set_instruction(self.rip, following)
+        self._stepped(values)
+        return True
+
+    def _unexpected(self, values, completed=None):
+        """RIP is not where the instruction goes: an exception or interrupt was delivered
+        (its frame is on the stack), or a far transfer happened."""
+        delivering, self._delivering = self._delivering, False
+        cs_selector, cs_base = self._cs_selector_before, self._cs_base_before
+        self._load_sregs(self.vcpu.get_sregs())
+        frame = self._find_frame(values, cs_selector, cs_base)
+        if frame is None:
+            if self.event is not None and not delivering and not self._executed(values):
+                return
+            self._position(values)
+            return
+        returns_to, flags_linear = frame
+        # The CPU pushed RFLAGS with KVM's TF; the guest's own belongs there. Delivery clears TF.
+        self._write_tf(flags_linear, self._guest_tf)
+        self._guest_tf = False
+        self.vcpu.set_guest_debug(single_step=True)
+        if completed is None:
+            completed = returns_to != self.rip
+        if completed and not delivering and self.event is not None and not self._executed(values):
+            return
+        vector, entry = self._handler_of(values[RIP])
+        reason = "interrupt" if vector is None or vector >= 32 else "fault"
+        detail = None if vector is None else idt.vector_name(vector)
+        if entry is not None and entry != values[RIP]:
+            # The step ended after the handler's first instruction: it ran too.
+            self._step_from(entry, values, reason, detail)
+            return
+        self._position(values, reason, detail)
+
+    def _step_from(self, rip, values, reason, detail):
+        """The step went on at rip (a handler's first instruction, the one an iret returned
+        to) before it ended with the registers `values`: make the instruction at rip the one
+        about to execute, then account for the step from there."""
+        self._position(values[:RIP] + (rip,) + values[RIP + 1:], reason, detail, run_rdtsc=False)
+        if self._attached:
+            self._stepped(values)
+
+    def _find_frame(self, values, cs_selector, cs_base):
+        """(return address, linear address of the pushed RFLAGS) of an exception or interrupt
+        frame at the top of the stack, or None: the return address is the instruction that
+        was about to execute or the one after it, followed by the CS it ran in."""
+        size = _STACK_WORD[self._bits]
+        candidates = {self.rip, self._next_rip}
+        if self._displacement is not None:
+            candidates.add((self._next_rip + self._displacement) & self._ip_mask)
+        for slot in range(_FRAME_SEARCH_SLOTS):
+            linear = self._stack_linear(values[RSP] + slot * size)
+            words = self._read_linear(linear, 3 * size)
+            if words is None:
+                continue
+            returns_to = int.from_bytes(words[:size], "little")
+            saved_cs = int.from_bytes(words[size:2 * size], "little") & 0xFFFF
+            if returns_to in candidates and saved_cs == cs_selector:
+                return returns_to, linear + 2 * size
+        return None
+
+    def _handler_of(self, rip):
+        """(vector, handler entry) of the IDT gate whose handler RIP is at, or just past
+        (within one instruction), or (None, None)."""
+        linear = (self._cs_base + rip) & self._cs_mask
+        best = (None, None)
+        for vector, handler in idt.handlers(self._read_linear, self._sregs).items():
+            offset = handler - (self._cs_base if self._bits != 64 else 0)
+            if 0 <= linear - handler <= _HANDLER_ENTRY_REACH and (best[1] is None or offset > best[1]):
+                best = (vector, offset)
+        return best
+
+    def _guest_breakpoint(self, values, breakpoints):
+        """The guest's own DR0-DR3 breakpoint fired: its #DB is delivered (with the single-step
+        bit when its own TF also traps there). A data breakpoint, or an instruction breakpoint
+        reported with the step before it, comes after an executed instruction."""
+        if values[RIP] != self.rip and not self._delivering:
+            self._pending_db = breakpoints
+            self._stepped(values)
+            if self._pending_db:   # not delivered with the step's own trap
+                self._pending_db = 0
+                self._inject_db(breakpoints, single_step=self._attached)
+            return
+        self._inject_db(breakpoints, single_step=self._attached)
+
+    def _inject_db(self, dr6_bits, single_step=True):
+        """Queue a #DB for the guest with these DR6 bits; the next KVM_RUN delivers it."""
+        debugregs = self.vcpu.get_debugregs()
+        debugregs.dr6 |= dr6_bits
+        self.vcpu.set_debugregs(debugregs)
+        self.vcpu.set_guest_debug(single_step=single_step, inject_db=True)
+        self._tf_traps = False
+        self._delivering = single_step
+
+    def _halted(self, values):
+        """HLT ran (KVM steps over it)."""
+        if self._halt_in_kernel:
+            self.vcpu.set_mp_state(abi.KVM_MP_STATE_HALTED)   # wait for an interrupt, as HLT does
+            self._position(values)
+            return
+        if self.event is not None:
+            self.end(values[RIP], "halt")
+        self.loop.dispatch(exits.Hlt(abi.KVM_EXIT_HLT))
+
+    # -- the instruction about to execute ------------------------------------
+
+    def _position(self, values, leave_reason="branch-out", detail=None, run_rdtsc=True):
+        """The vCPU is about to execute the instruction at values[RIP]: decode it, find the
+        watched page it touches, start or end an event, and run rdtsc for the guest when
+        tracing."""
+        while self._attached:
+            rip = values[RIP]
+            self.values, self.rip = values, rip
+            self._cs_selector_before, self._cs_base_before = self._sregs.cs.selector, self._cs_base
+            linear = (self._cs_base + rip) & self._cs_mask
+            if not self._code_page(linear & PAGE_MASK):
+                self._unmapped(rip, leave_reason, detail)
+                return
+            self._read_instruction(rip, linear)
+            self._tf_traps = self._guest_tf
+            if self.event is None:
+                if self.watched_page is not None:
+                    self._engine.event_starts(self)
+                if self.event is None:
+                    self._idle += 1
+                    if self._idle == REARM_AFTER_STEPS:
+                        self._engine.idle(self)
+                    return
+                self._idle = 0
+            elif self.watched_page is None:
+                self.end(rip, leave_reason, detail)
+                return
+            if not run_rdtsc or self._special not in (_RDTSC, _RDTSCP):
+                return
+            values = self._rdtsc(values)
+            if values is None:
+                return
+            leave_reason, detail = "branch-out", None
+
+    def _unmapped(self, rip, reason, detail):
+        """RIP's page does not translate: the next fetch faults; nothing watched runs."""
+        self.code, self.gpa, self.watched_page = b"", None, None
+        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits))
+        if self.event is not None:
+            self.end(rip, reason, detail)
+
+    def _rdtsc(self, values):
+        """Run rdtsc/rdtscp for the guest: the TSC it reads advances by tsc_per_step per
+        traced instruction. Returns the registers after it, or None when the trace ended."""
+        tsc = self._tsc_start + (self.steps + 1) * self._tsc_per_step
+        updated = list(values)
+        updated[RAX], updated[RDX] = tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF
+        if self._special == _RDTSCP:
+            updated[RCX] = self.vcpu.get_msr(MSR_TSC_AUX) & 0xFFFFFFFF
+        updated[RIP] = self._next_rip
+        regs = self.vcpu.get_regs()
+        regs.rax, regs.rdx, regs.rcx, regs.rip = updated[RAX], updated[RDX], updated[RCX], updated[RIP]
+        self.vcpu.set_regs(regs)
+        updated = tuple(updated)
+        traps = self._tf_traps
+        if not self._executed(updated):
+            return None
+        if traps:
+            self._inject_db(DR6_BS)
+        return updated
+
+    def _read_instruction(self, rip, linear):
+        offset = linear & ~PAGE_MASK
+        self.gpa = self._page_gpa | offset
+        next_page = None
+        if offset <= PAGE_SIZE - decoder.MAX_LENGTH:
+            code = self._page_view[offset:offset + decoder.MAX_LENGTH].tobytes()
+        else:
+            code, next_page = self._code_across_pages(linear)
+        self._set_instruction(rip, self._decoded.get(code) or self._decode(code))
+        if self._page_gpa in self._watched:
+            self.watched_page = self._page_gpa
+        elif next_page is not None and offset + self._length > PAGE_SIZE and next_page in self._watched:
+            self.watched_page = next_page   # it starts before a watched page and runs into it
+        else:
+            self.watched_page = None
+
+    def _set_instruction(self, rip, decoded):
+        (self.code, self._length, self._kind, self._self_branch, self._special, self._displacement,
+         self._opcode, self._delivers, self._operand_bits) = decoded
+        self._next_rip = (rip + self._length) & self._ip_mask
+
+    def _decode_at(self, rip):
+        code = self._read_linear((self._cs_base + rip) & self._cs_mask, decoder.MAX_LENGTH)
+        return None if code is None else (self._decoded.get(code) or self._decode(code))
 
     def _decode(self, code):
-        """(instruction bytes, length, kind, branches to itself) of the code at RIP, memoised
-        by the 15 bytes read there, so a loop is decoded once and rewritten code again."""
-        length_and_opcode = insn.decode(code, self._bits)
-        if length_and_opcode is None:
-            decoded = (code, len(code), _MODE_CHANGE, False)
+        """(instruction bytes, length, kind, branches to itself, special kind, direct branch
+        displacement, opcode, delivers an event, operand size) of the code at RIP, memoised by
+        the 15 bytes read there, so a loop is decoded once and rewritten code again."""
+        instruction = decoder.decode(code, self._bits, self._vendor)
+        if instruction is None:
+            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits)
         else:
-            length, opcode = length_and_opcode
-            kind = (_HLT if opcode == HLT_OPCODE else _MODE_CHANGE if opcode in _MODE_CHANGERS
-                    else _NEAR_BRANCH if opcode in _NEAR_BRANCHES else _ORDINARY)
-            decoded = (code[:length], length, kind, insn.branches_to_itself(code[:length], opcode, self._bits))
+            decoded = (code[:instruction.length], instruction.length, _KINDS[instruction.flow],
+                       instruction.branches_to_itself, _special(instruction, code), instruction.relative,
+                       instruction.opcode, instruction.opcode in _DELIVERING or not instruction.known,
+                       instruction.operand_bits)
         if len(self._decoded) >= MAX_MEMOISED_INSTRUCTIONS:
             self._decoded.clear()
         self._decoded[code] = decoded
@@ -189,27 +507,96 @@ class Stepper:
 
     def _code_across_pages(self, linear):
         """Up to 15 bytes at linear, whose page ends within 15 bytes: the rest comes from the
-        next linear page, wherever that is mapped."""
+        next linear page, wherever that is mapped; and that page's gpa (or None)."""
         code = self._page_view[linear & ~PAGE_MASK:].tobytes()
-        rest = insn.MAX_LENGTH - len(code)
-        next_gpa = paging.translate(self._memory, self._sregs, (linear | ~PAGE_MASK) + 1)
+        rest = decoder.MAX_LENGTH - len(code)
+        next_gpa = self._translate((linear | ~PAGE_MASK) + 1)
         if next_gpa is not None and self._memory.contains(next_gpa, rest):
             code += self._memory.read(next_gpa, rest)
-        return code
+        return code, next_gpa
 
-    def _enter_page(self, linear_page):
-        """Make linear_page the code page; False when it is not a watched page."""
-        key = (self._sregs.cr3, linear_page)
-        page = self._pages.get(key)
+    # -- CPU state and memory ------------------------------------------------
+
+    def _load_sregs(self, sregs):
+        """Take new special registers: CPU mode, CS base, paging; forget the code page."""
+        self._sregs = sregs
+        self._bits = cpu_mode(sregs)[1]
+        segment = code_segment(sregs)
+        self._cs_base, self._cs_mask = segment.base, segment.mask
+        self._ip_mask = (1 << self._bits) - 1
+        self._decoded = self._memo[self._bits]
+        self._linear_page = self._page_view = None
+
+    def _code_page(self, linear_page):
+        """Make linear_page the code page (its translation checked against the page tables
+        it came from); False when it does not translate."""
+        if linear_page == self._linear_page and _unchanged(self._page_entries):
+            return True
+        page, entries = self._translation(linear_page)
         if page is None:
-            page = paging.translate(self._memory, self._sregs, linear_page)
-            if page is None:
-                return False
-            if len(self._pages) >= MAX_CACHED_PAGES:
-                self._pages.clear()
-            self._pages[key] = page
-        if page not in self._watched:
+            self._linear_page = None
             return False
-        self._linear_page, self._page_gpa = linear_page, page
+        self._linear_page, self._page_gpa, self._page_entries = linear_page, page, entries
         self._page_view = self._memory.view(page, PAGE_SIZE)
         return True
+
+    def _translation(self, linear_page):
+        key = (self._sregs.cr3, linear_page)
+        cached = self._pages.get(key)
+        if cached is not None and _unchanged(cached[1]):
+            return cached
+        translation = paging.walk(self._memory, self._sregs, linear_page)
+        if translation is None or not self._memory.contains(translation.physical & PAGE_MASK, PAGE_SIZE):
+            return None, ()
+        entries = tuple((self._memory.view(gpa, size), self._memory.read(gpa, size))
+                        for gpa, size in translation.entries)
+        if len(self._pages) >= MAX_CACHED_PAGES:
+            self._pages.clear()
+        self._pages[key] = cached = (translation.physical & PAGE_MASK, entries)
+        return cached
+
+    def _translate(self, linear):
+        page, _ = self._translation(linear & PAGE_MASK)
+        return None if page is None else page | (linear & ~PAGE_MASK)
+
+    def _read_linear(self, linear, size):
+        """`size` bytes at a linear address (across a page boundary), or None."""
+        data = b""
+        while size:
+            gpa = self._translate(linear)
+            chunk = min(size, PAGE_SIZE - (linear & ~PAGE_MASK))
+            if gpa is None or not self._memory.contains(gpa, chunk):
+                return None
+            data += self._memory.read(gpa, chunk)
+            linear, size = linear + chunk, size - chunk
+        return data
+
+    def _operand_bytes(self):
+        """pushf/popf/iret/ret operand size, as the decoder found it (64-bit code: 8 unless 66)."""
+        return self._operand_bits // 8
+
+    def _stack_linear(self, rsp):
+        if self._bits == 64:
+            return rsp
+        return (self._sregs.ss.base + (rsp & (0xFFFF if not self._sregs.ss.db else 0xFFFFFFFF))) & 0xFFFFFFFF
+
+    def _read_stack(self, rsp, size):
+        data = self._read_linear(self._stack_linear(rsp), size)
+        return None if data is None else int.from_bytes(data, "little")
+
+    def _write_tf(self, linear, tf):
+        """Set the TF bit (bit 8: bit 0 of the image's second byte) of an RFLAGS image."""
+        gpa = self._translate(linear + 1)
+        if gpa is None or not self._memory.contains(gpa, 1):
+            return
+        byte = self._memory.view(gpa, 1)
+        byte[0] = (byte[0] | 1) if tf else (byte[0] & ~1)
+
+
+def _unchanged(entries):
+    return all(view == value for view, value in entries)
+
+
+def _enabled(dr7):
+    """DR6 B0-B3 bits of the breakpoints DR7 enables."""
+    return sum(1 << index for index, mask in enumerate(DR7_ENABLE) if dr7 & mask)

@@ -78,9 +78,14 @@ class TraceWriter:
             if len(self._pending) >= PENDING_INSN_LINES:
                 self._write_pending()
 
-    def leave(self, event, reason, rip, instructions, steps):
-        self.write({"type": "leave", "event": event.index, "reason": reason, "rip": f"{rip:#x}",
-                    "instructions": instructions, "steps": steps})
+    def leave(self, event, reason, rip, instructions, steps, detail=None):
+        """Why the event ended: branch-out, fault, interrupt, halt, budget, analysis-stop or
+        run-ended, with a detail (the exception's name, the vector) when there is one."""
+        record = {"type": "leave", "event": event.index, "reason": reason, "rip": f"{rip:#x}",
+                  "instructions": instructions, "steps": steps}
+        if detail is not None:
+            record["detail"] = detail
+        self.write(record)
 
     def flush(self):
         with self._lock:
@@ -97,6 +102,9 @@ class TraceWriter:
         self.write({"type": "page", "event": event, "gpa": f"{gpa:#x}", "size": len(data),
                     "sha256": hashlib.sha256(data).hexdigest(),
                     "encoding": "base64", "data": base64.b64encode(data).decode("ascii")})
+
+    def annotate(self, record):
+        self.write(record)
 
     def close(self, summary):
         """Write the summary as the last record and close the file (later calls do nothing)."""

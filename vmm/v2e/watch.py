@@ -38,9 +38,10 @@ def page_ranges(pages):
 
 
 class WatchSet:
-    """Non-overlapping page-aligned [start, end) ranges inside guest RAM."""
+    """Non-overlapping page-aligned [start, end) ranges inside guest RAM. `pages` is a set the
+    steppers read as it changes: pages can join and leave it (add, discard)."""
 
-    def __init__(self, ranges, memory, mode=None):
+    def __init__(self, ranges, memory, mode=None, allow_empty=False):
         ranges = sorted(ranges)
         for start, end in ranges:
             if start % PAGE_SIZE or end % PAGE_SIZE or end <= start:
@@ -55,10 +56,19 @@ class WatchSet:
         for (start, end), (next_start, next_end) in zip(ranges, ranges[1:]):
             if next_start < end:
                 raise BadInput(f"watched ranges {start:#x}-{end:#x} and {next_start:#x}-{next_end:#x} overlap")
-        if not ranges:
+        if not ranges and not allow_empty:
             raise BadInput("no watched range")
-        self.ranges = tuple(ranges)
-        self.pages = frozenset(page for start, end in ranges for page in range(start, end, PAGE_SIZE))
+        self.pages = {page for start, end in ranges for page in range(start, end, PAGE_SIZE)}
+
+    @property
+    def ranges(self):
+        return tuple(page_ranges(self.pages))
+
+    def add(self, pages):
+        self.pages.update(pages)
+
+    def discard(self, pages):
+        self.pages.difference_update(pages)
 
     def __contains__(self, gpa):
         return (gpa & PAGE_MASK) in self.pages

@@ -25,18 +25,21 @@ _ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 
 @dataclass(slots=True, frozen=True)
 class Translation:
-    """Where a linear address lands, and what every level of the walk allows."""
+    """Where a linear address lands, what every level of the walk allows, and the entries the
+    walk read: (gpa, size) of each, top level first (empty without paging)."""
 
     physical: int
     page_size: int
     writable: bool
     user: bool
     executable: bool
+    entries: tuple = ()
 
 
-def _entry(memory, gpa, size):
+def _entry(memory, gpa, size, path):
     if not memory.contains(gpa, size):
         return None
+    path.append((gpa, size))
     return int.from_bytes(memory.view(gpa, size), "little")
 
 
@@ -45,10 +48,10 @@ def walk(memory, sregs, linear):
     if not sregs.cr0 & CR0_PG:
         return Translation(linear & 0xFFFFFFFF, PAGE_SIZE, True, True, True)
     if not sregs.cr4 & CR4_PAE:
-        return _walk_32bit(memory, sregs, linear & 0xFFFFFFFF)
+        return _walk_32bit(memory, sregs, linear & 0xFFFFFFFF, [])
     if not sregs.efer & EFER_LMA:
-        return _walk_pae(memory, sregs, linear & 0xFFFFFFFF)
-    return _walk_long(memory, sregs, linear)
+        return _walk_pae(memory, sregs, linear & 0xFFFFFFFF, [])
+    return _walk_long(memory, sregs, linear, [])
 
 
 def translate(memory, sregs, linear):
@@ -57,27 +60,28 @@ def translate(memory, sregs, linear):
     return None if translation is None else translation.physical
 
 
-def _walk_32bit(memory, sregs, linear):
-    pde = _entry(memory, (sregs.cr3 & 0xFFFFF000) + (linear >> 22) * 4, 4)
+def _walk_32bit(memory, sregs, linear, path):
+    pde = _entry(memory, (sregs.cr3 & 0xFFFFF000) + (linear >> 22) * 4, 4, path)
     if pde is None or not pde & PTE_P:
         return None
     if pde & PTE_PS and sregs.cr4 & CR4_PSE:
         # PSE-36: bits 20:13 of the entry are bits 39:32 of the page's address.
         base = (pde & 0xFFC00000) | ((pde >> 13) & 0xFF) << 32
-        return Translation(base | (linear & 0x3FFFFF), 4 << 20, bool(pde & PTE_RW), bool(pde & PTE_US), True)
-    pte = _entry(memory, (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4, 4)
+        return Translation(base | (linear & 0x3FFFFF), 4 << 20, bool(pde & PTE_RW), bool(pde & PTE_US), True,
+                           tuple(path))
+    pte = _entry(memory, (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4, 4, path)
     if pte is None or not pte & PTE_P:
         return None
     return Translation((pte & 0xFFFFF000) | (linear & 0xFFF), PAGE_SIZE,
-                       bool(pde & pte & PTE_RW), bool(pde & pte & PTE_US), True)
+                       bool(pde & pte & PTE_RW), bool(pde & pte & PTE_US), True, tuple(path))
 
 
-def _walk_levels(memory, table, linear, shifts, nx_enabled):
+def _walk_levels(memory, table, linear, shifts, nx_enabled, path):
     """Walk 8-byte entries from `table` down the levels given by their index shifts; without
     EFER.NXE the NX bit is reserved, and a set reserved bit faults."""
     writable = user = executable = True
     for level, shift in enumerate(shifts):
-        entry = _entry(memory, table + ((linear >> shift) & 0x1FF) * 8, 8)
+        entry = _entry(memory, table + ((linear >> shift) & 0x1FF) * 8, 8, path)
         if entry is None or not entry & PTE_P or (entry & PTE_NX and not nx_enabled):
             return None
         writable &= bool(entry & PTE_RW)
@@ -88,22 +92,55 @@ def _walk_levels(memory, table, linear, shifts, nx_enabled):
         if last or (entry & PTE_PS and shift in (30, 21)):
             size = 1 << shift
             base = entry & _ADDRESS_MASK & ~(size - 1)
-            return Translation(base | (linear & (size - 1)), size, writable, user, executable)
+            return Translation(base | (linear & (size - 1)), size, writable, user, executable, tuple(path))
         table = entry & _ADDRESS_MASK
     return None
 
 
-def _walk_pae(memory, sregs, linear):
-    pdpte = _entry(memory, (sregs.cr3 & 0xFFFFFFE0) + (linear >> 30) * 8, 8)
+def _walk_pae(memory, sregs, linear, path):
+    pdpte = _entry(memory, (sregs.cr3 & 0xFFFFFFE0) + (linear >> 30) * 8, 8, path)
     if pdpte is None or not pdpte & PTE_P:
         return None
-    return _walk_levels(memory, pdpte & _ADDRESS_MASK, linear, (21, 12), bool(sregs.efer & EFER_NXE))
+    return _walk_levels(memory, pdpte & _ADDRESS_MASK, linear, (21, 12), bool(sregs.efer & EFER_NXE), path)
 
 
-def _walk_long(memory, sregs, linear):
+def _walk_long(memory, sregs, linear, path):
     bits = 57 if sregs.cr4 & CR4_LA57 else 48
     top = linear >> (bits - 1)
     if top not in (0, (1 << (65 - bits)) - 1):
         return None   # not canonical
     shifts = (48, 39, 30, 21, 12) if bits == 57 else (39, 30, 21, 12)
-    return _walk_levels(memory, sregs.cr3 & _ADDRESS_MASK, linear, shifts, bool(sregs.efer & EFER_NXE))
+    return _walk_levels(memory, sregs.cr3 & _ADDRESS_MASK, linear, shifts, bool(sregs.efer & EFER_NXE), path)
+
+
+def table_pages(memory, sregs, limit=8192):
+    """The guest-physical pages of the paging structures reachable from CR3 (at most `limit`):
+    what the CPU's page walks read and set accessed and dirty bits in."""
+    if not sregs.cr0 & CR0_PG:
+        return set()
+    found = set()
+    if not sregs.cr4 & CR4_PAE:
+        tables = [(sregs.cr3 & 0xFFFFF000, 4, 1)]       # (table, entry size, levels below it)
+    elif not sregs.efer & EFER_LMA:
+        pdpt = sregs.cr3 & 0xFFFFFFE0
+        found.add(pdpt & PAGE_MASK)
+        tables = [(entry & _ADDRESS_MASK, 8, 1) for entry in _entries(memory, pdpt, 4, 8) if entry & PTE_P]
+    else:
+        tables = [(sregs.cr3 & _ADDRESS_MASK, 8, 4 if sregs.cr4 & CR4_LA57 else 3)]
+    while tables and len(found) < limit:
+        table, size, below = tables.pop()
+        if table in found or not memory.contains(table, PAGE_SIZE):
+            continue
+        found.add(table)
+        if below == 0:
+            continue
+        for entry in _entries(memory, table, PAGE_SIZE // size, size):
+            if entry & PTE_P and not (entry & PTE_PS and (below < 3 or size == 4)):
+                address = entry & (0xFFFFF000 if size == 4 else _ADDRESS_MASK)
+                tables.append((address, size, below - 1))
+    return found
+
+
+def _entries(memory, table, count, size):
+    data = memory.read(table, count * size) if memory.contains(table, count * size) else b""
+    return [int.from_bytes(data[at:at + size], "little") for at in range(0, len(data), size)]

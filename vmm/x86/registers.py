@@ -5,6 +5,8 @@ architectural bits of the control, flags and EFER registers the VMM uses."""
 GENERAL_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
                      "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 GPRS = GENERAL_REGISTERS[:16]
+RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP = range(8)
+R11 = GENERAL_REGISTERS.index("r11")
 RIP = GENERAL_REGISTERS.index("rip")
 RFLAGS = GENERAL_REGISTERS.index("rflags")
 
@@ -32,6 +34,15 @@ EFER_LMA = 1 << 10
 EFER_NXE = 1 << 11
 
 RFLAGS_FIXED = 1 << 1   # reads as 1 on every CPU
+RFLAGS_TF = 1 << 8
+
+# DR6: B0-B3 (breakpoint conditions met) and BS (single step); DR7: L0/G0 .. L3/G3.
+DR6_B0_B3 = 0xF
+DR6_BS = 1 << 14
+DR7_ENABLE = tuple(3 << (2 * index) for index in range(4))
+
+MSR_IA32_TSC = 0x10
+MSR_TSC_AUX = 0xC0000103
 
 
 def general_registers_as_dict(values):

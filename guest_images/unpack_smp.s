@@ -1,0 +1,3 @@
+/* smp.s where one CPU writes a payload and another runs it (see smp.s). */
+        .set UNPACK, 1
+        .include "smp.s"

@@ -1,0 +1,79 @@
+"""The unpacking parts of `vmm run`: --unpack [RANGE ...] --dump-dir DIR --max-layers N."""
+import argparse
+import sys
+
+from ..errors import BadInput
+from ..v2e.watch import parse_watch
+from ..v2e import V2E
+from .engine import DEFAULT_MAX_LAYERS, Unpacker
+
+
+def _range(text):
+    try:
+        return parse_watch(text)
+    except BadInput as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _layers(text):
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid layer count {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def add_run_options(run):
+    group = run.add_argument_group("unpacking (catch every page written and then executed)")
+    group.add_argument("--unpack", type=_range, nargs="*", metavar="GPA-END|GPA+LEN",
+                       help="track writes and execution of these guest-physical ranges (default: all guest "
+                            "RAM but the VMM's GDT and page tables); each page written then executed is a layer")
+    group.add_argument("--dump-dir", metavar="DIR", help="where each layer's region is dumped (needs --unpack)")
+    group.add_argument("--max-layers", type=_layers, default=DEFAULT_MAX_LAYERS, metavar="N",
+                       help=f"end the unpacking analysis after N layers; the guest runs on (default: {DEFAULT_MAX_LAYERS})")
+    group.add_argument("--trace-layers", action="store_true",
+                       help="trace each layer from its entry until it leaves its region (V2E), into --trace")
+
+
+def attach(machine, args, stack):
+    """Start the unpacker when --unpack was given; the stack prints its summary at the end."""
+    if args.unpack is None:
+        if args.dump_dir:
+            raise BadInput("--dump-dir needs --unpack")
+        return None
+    if not args.dump_dir:
+        raise BadInput("--unpack needs --dump-dir DIR")
+    if args.watch or args.watch_symbol:
+        raise BadInput("--unpack and --watch track the same pages differently: use one of them")
+    if args.trace_layers and not args.trace:
+        raise BadInput("--trace-layers needs --trace PATH")
+    tracer = None
+    if args.trace:
+        tracer = V2E(machine, [], backend=None, trace_path=args.trace, max_instructions=args.max_instructions,
+                     tsc_per_step=args.tsc_per_step)
+        stack.callback(tracer.close)
+    unpacker = Unpacker(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
+                        on_layer=lambda record: _layer_line(record, args.max_layers), tracer=tracer,
+                        trace_layers=args.trace_layers)
+    stack.callback(_close, unpacker)
+    return unpacker
+
+
+def _layer_line(record, max_layers):
+    entry = record["entry"]
+    print(f"vmm: unpack: layer {record['layer']} at rip {entry['rip']} (gpa {entry['gpa']}), "
+          f"{record['region']['size'] // 4096} page(s) from {record['region']['gpa']} -> {record['region']['file']}",
+          file=sys.stderr)
+    if record["layer"] == max_layers:
+        print(f"vmm: unpack: {max_layers} layers: the unpacking analysis ends here, the guest runs on",
+              file=sys.stderr)
+
+
+def _close(unpacker):
+    unpacker.close()
+    summary = unpacker.summary()
+    print(f"vmm: unpack: {summary['layers']} layer(s) ({summary['backend']} backend), dumps in {summary['dump_dir']}",
+          file=sys.stderr)
+
