@@ -278,3 +278,16 @@ def test_cpuid_sets_the_hypervisor_bit_when_kvm_offers_its_leaves():
     with_kvm = cpuid_for_vcpu([leaf_1, kvm_leaf], 2, 4)
     assert with_kvm[0]["ecx"] == 0x80002000 and with_kvm[0]["ebx"] >> 16 == 0x0204
     assert cpuid_for_vcpu([leaf_1], 0, 1)[0]["ecx"] == 0x2000
+
+
+def test_uart_line_waits_while_the_driver_holds_dtr_and_rts_low():
+    """Linux's 8250 driver probes (loopback with RTS, then MCR 0), clears the FIFOs and reads
+    the receiver to empty it before a program opens the port and raises DTR and RTS: the
+    input must still be whole when the program reads it."""
+    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"echo hi\n")))
+    uart.write(serial.MCR, 1, serial.MCR_LOOP | 0x0A)
+    uart.write(serial.MCR, 1, 0)
+    uart.write(serial.IIR_FCR, 1, serial.FCR_FIFO_ENABLE | serial.FCR_CLEAR_RX)
+    assert not uart.read(serial.LSR, 1) & serial.LSR_DR and uart.read(serial.RBR_THR_DLL, 1) == 0
+    uart.write(serial.MCR, 1, serial.MCR_DTR | serial.MCR_RTS | 0x08)
+    assert bytes(uart.read(serial.RBR_THR_DLL, 1) for _ in range(8)) == b"echo hi\n"

@@ -6,8 +6,12 @@ whenever the buffer fills, so a crash or timeout loses nothing already sent; a
 transmitted byte leaves at once, so the transmitter is always empty. Input comes
 from a file (read as the guest asks) or from stdin (read by a helper thread, so the
 guest never blocks the vCPU; its arrival raises the receive interrupt). The line
-sends only what the receive FIFO has room for, so input waits at its source instead
-of overrunning the FIFO, and a FIFO reset discards none of it.
+behaves like a terminal with hardware flow control: it sends only what the receive FIFO
+has room for, and nothing while the guest holds both DTR and RTS low after having
+written the modem control register (as Linux's 8250 driver does until a program opens
+the port, while it clears the FIFO and reads the receiver to empty it). So input waits
+at its source instead of being overrun or thrown away; software that never touches
+the modem lines gets it at once.
 """
 import collections
 import os
@@ -23,7 +27,7 @@ FIFO_SIZE = 16
 RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
 
 LCR_DLAB = 0x80
-MCR_LOOP = 0x10
+MCR_DTR, MCR_RTS, MCR_LOOP = 0x01, 0x02, 0x10
 LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
 IER_RDI, IER_THRI = 0x01, 0x02
 IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_RX_TIMEOUT, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0x0C, 0xC0
@@ -97,6 +101,7 @@ class Uart16550:
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self._thr_interrupt = False
         self._irq_level = 0
+        self._modem_lines_set = False   # whether the guest ever wrote MCR
         if input is not None and irq_line is not None:
             input.listener = self._update_irq
 
@@ -160,6 +165,7 @@ class Uart16550:
             self.lcr = value
         elif offset == MCR:
             self.mcr = value & 0x1F
+            self._modem_lines_set = True
         elif offset == SCR:
             self.scr = value
         if self._irq_line is not None:   # skip the call on a machine without interrupts
@@ -171,21 +177,26 @@ class Uart16550:
         """Bytes in the receive FIFO (one byte of holding register without FIFO mode)."""
         if self.mcr & MCR_LOOP:
             return len(self._loopback)
-        if self._input is None:
+        if not self._line_sends():
             return 0
         return self._input.waiting(FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1)
 
     def _receive(self):
         if self.mcr & MCR_LOOP:
             return self._loopback.popleft() if self._loopback else 0
-        value = self._input.pop() if self._input is not None else None
+        value = self._input.pop() if self._line_sends() else None
         return 0 if value is None else value
 
     def _input_waiting(self):
         """Whether a byte is received (safe on any thread)."""
         if self.mcr & MCR_LOOP:
             return bool(self._loopback)
-        return self._input is not None and self._input.available()
+        return self._line_sends() and self._input.available()
+
+    def _line_sends(self):
+        """Whether the line may send: there is input, and the guest asserts DTR or RTS (or has
+        never set the modem lines)."""
+        return self._input is not None and (not self._modem_lines_set or bool(self.mcr & (MCR_DTR | MCR_RTS)))
 
     def _pending_interrupt(self):
         if self.ier & IER_RDI:
