@@ -11,6 +11,7 @@ from . import elf, linux, multiboot, pvh
 
 FORMATS = ("auto", "flat", "elf", "multiboot", "linux", "pvh")
 KERNEL_FORMATS = ("linux", "pvh")   # kernels that take --initrd as their initial RAM disk
+_KERNEL_NAMES = {"linux": "Linux bzImage", "pvh": "PVH kernel"}
 
 # Guest memory the VMM writes before entry (GDT, page tables): loaded segments must miss it.
 _BOOT_AREA = [(cpu_boot.BOOT_AREA[0], cpu_boot.BOOT_AREA[1], "the VMM's GDT and page tables")]
@@ -98,9 +99,9 @@ def boot(machine, image, fmt, name, mode=None, load_addr=None, entry=None,
         writes, start = multiboot.prepare(image, size, name, name, cmdline, modules, reserved)
     else:
         if mode is not None:
-            raise BadInput(f"--mode does not apply to {fmt} kernels (the boot protocol says how they start)")
+            raise BadInput(f"--mode does not apply to a {_KERNEL_NAMES[fmt]} (the boot protocol says how it starts)")
         if machine.machine_type != "pc":
-            raise BadInput(f"a {fmt} kernel needs --machine pc (interrupt controllers, timers, ACPI)")
+            raise BadInput(f"a {_KERNEL_NAMES[fmt]} needs --machine pc (interrupt controllers, timers, ACPI)")
         if fmt == "linux":
             writes, start = linux.prepare(image, size, name, cmdline, initrd, machine.acpi_rsdp)
         else:
