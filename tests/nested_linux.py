@@ -2,6 +2,8 @@
 KVM: Debian's 6.1 kernel under QEMU TCG with an emulated AMD CPU (SVM + NPT) loads
 kvm-amd, and the VMM runs there on its /dev/kvm. For hosts whose own KVM emulates guest
 kernel code (tests/test_linux.py skips its boots there); `make linux-nested` runs it.
+The outer machine has two CPUs: with one, the inner guest's vCPUs overcommit it and its
+cross-CPU spin-waits (TSC synchronisation, IPIs) can stall for many minutes under TCG.
 
     python3 tests/nested_linux.py [--timeout SECONDS] [--keep DIR]
 
@@ -146,7 +148,7 @@ def main(argv=None):
     log.unlink(missing_ok=True)
     total = args.timeout * len(CASES) + 300
     subprocess.run(["timeout", "-k", "5", str(total), "qemu-system-x86_64", "-accel", "tcg", "-cpu",
-                    "qemu64,+svm,+npt", "-m", "2048", "-nodefaults", "-no-user-config", "-display", "none",
+                    "qemu64,+svm,+npt", "-m", "2048", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none",
                     "-monitor", "none", "-no-reboot", "-serial", f"file:{log}", "-kernel", str(OUTER_KERNEL),
                     "-initrd", str(work / "outer.cpio"), "-append",
                     "console=ttyS0,115200 mitigations=off nokaslr panic=-1 loglevel=4 cryptomgr.notests=1"],
