@@ -200,8 +200,8 @@ def test_uart_fifo_trigger_level_and_receive_timeout_interrupts():
     uart.write(serial.IIR_FCR, 1, serial.FCR_FIFO_ENABLE | 2 << serial.FCR_TRIGGER_SHIFT)   # trigger at 8
     assert uart.read(serial.IIR_FCR, 1) == serial.IIR_NO_INT | serial.IIR_FIFO_ENABLED
     uart.write(serial.IER_DLM, 1, serial.IER_RDI)
-    assert levels == [1]
     assert uart.read(serial.IIR_FCR, 1) == serial.IIR_RDI | serial.IIR_FIFO_ENABLED
+    assert levels == [1]
     received = bytes(uart.read(serial.RBR_THR_DLL, 1) for _ in range(20))
     assert received == b"abcdefghijklmnopqrst"
     assert uart.read(serial.IIR_FCR, 1) == serial.IIR_RX_TIMEOUT | serial.IIR_FIFO_ENABLED, "6 left: under 8"
@@ -218,6 +218,7 @@ def test_uart_raises_its_interrupt_when_input_arrives_later():
         uart = Uart16550(io.BytesIO(), SerialInput(source),
                          lambda level: (levels.append(level), raised.set() if level else None))
         uart.write(serial.IER_DLM, 1, serial.IER_RDI)
+        uart.read(serial.IIR_FCR, 1)
         assert levels == []
         sink.write(b"x")
         assert raised.wait(5), "no interrupt after input arrived"
@@ -280,14 +281,37 @@ def test_cpuid_sets_the_hypervisor_bit_when_kvm_offers_its_leaves():
     assert cpuid_for_vcpu([leaf_1], 0, 1)[0]["ecx"] == 0x2000
 
 
-def test_uart_line_waits_while_the_driver_holds_dtr_and_rts_low():
-    """Linux's 8250 driver probes (loopback with RTS, then MCR 0), clears the FIFOs and reads
-    the receiver to empty it before a program opens the port and raises DTR and RTS: the
-    input must still be whole when the program reads it."""
-    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"echo hi\n")))
-    uart.write(serial.MCR, 1, serial.MCR_LOOP | 0x0A)
-    uart.write(serial.MCR, 1, 0)
+def test_uart_input_waits_for_linux_to_open_the_port():
+    """Linux's 8250 driver probes the port (IER written 0x0f then 0), clears the FIFOs and
+    reads the receiver to empty it, enables the receive interrupt, reads LSR, RBR, IIR and
+    MSR "for luck", and only then takes interrupts: the input must still be whole."""
+    levels = []
+    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"echo hi\n")), levels.append)
+    uart.write(serial.IER_DLM, 1, 0x0F)
+    uart.write(serial.IER_DLM, 1, 0)
+    assert levels == [1, 0], "the probe's transmitter interrupt, and no receive interrupt"
+    uart.read(serial.IIR_FCR, 1)
     uart.write(serial.IIR_FCR, 1, serial.FCR_FIFO_ENABLE | serial.FCR_CLEAR_RX)
+    assert uart.read(serial.RBR_THR_DLL, 1) == 0, "the probe's read empties nothing"
+    uart.write(serial.IER_DLM, 1, serial.IER_RDI)
     assert not uart.read(serial.LSR, 1) & serial.LSR_DR and uart.read(serial.RBR_THR_DLL, 1) == 0
-    uart.write(serial.MCR, 1, serial.MCR_DTR | serial.MCR_RTS | 0x08)
+    assert levels == [1, 0]
+    assert uart.read(serial.IIR_FCR, 1) & 0x0F == serial.IIR_RDI, "identified: the line sends (trigger level 1)"
+    assert levels == [1, 0, 1]
     assert bytes(uart.read(serial.RBR_THR_DLL, 1) for _ in range(8)) == b"echo hi\n"
+    assert levels == [1, 0, 1, 0]
+    uart.close()
+
+
+def test_uart_guest_waiting_for_its_first_receive_interrupt_gets_it():
+    raised = threading.Event()
+    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"x")), lambda level: raised.set() if level else None)
+    uart.write(serial.IER_DLM, 1, serial.IER_RDI)         # then it halts, reading no IIR
+    assert raised.wait(5), "no receive interrupt"
+    assert uart.read(serial.IIR_FCR, 1) & 0x0F == serial.IIR_RDI and uart.read(serial.RBR_THR_DLL, 1) == ord("x")
+    uart.close()
+
+
+def test_uart_polling_guest_gets_input_at_once():
+    uart = Uart16550(io.BytesIO(), SerialInput(io.BytesIO(b"x")))
+    assert uart.read(serial.LSR, 1) & serial.LSR_DR and uart.read(serial.RBR_THR_DLL, 1) == ord("x")

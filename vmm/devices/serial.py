@@ -5,13 +5,14 @@ Output goes to a binary sink (stdout or a file), flushed at each newline and
 whenever the buffer fills, so a crash or timeout loses nothing already sent; a
 transmitted byte leaves at once, so the transmitter is always empty. Input comes
 from a file (read as the guest asks) or from stdin (read by a helper thread, so the
-guest never blocks the vCPU; its arrival raises the receive interrupt). The line
-behaves like a terminal with hardware flow control: it sends only what the receive FIFO
-has room for, and nothing while the guest holds both DTR and RTS low after having
-written the modem control register (as Linux's 8250 driver does until a program opens
-the port, while it clears the FIFO and reads the receiver to empty it). So input waits
-at its source instead of being overrun or thrown away; software that never touches
-the modem lines gets it at once.
+guest never blocks the vCPU; its arrival raises the receive interrupt). The line sends
+only what the receive FIFO has room for, and only to a receiver that is ready: a guest
+that never enables the receive interrupt (a polling driver) gets input at once; one that
+does gets it from its first interrupt identification (IIR read) with the receive
+interrupt enabled, or RX_READY_DELAY after enabling it if it reads no IIR before its
+first interrupt. Linux's 8250 driver reads the receiver to empty it when it probes the
+port and twice while a program opens it, before that first identification: input that
+came before waits instead of being thrown away, and none is overrun.
 """
 import collections
 import os
@@ -27,7 +28,7 @@ FIFO_SIZE = 16
 RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
 
 LCR_DLAB = 0x80
-MCR_DTR, MCR_RTS, MCR_LOOP = 0x01, 0x02, 0x10
+MCR_LOOP = 0x10
 LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
 IER_RDI, IER_THRI = 0x01, 0x02
 IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_RX_TIMEOUT, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0x0C, 0xC0
@@ -36,6 +37,7 @@ FCR_TRIGGER_SHIFT = 6
 RX_TRIGGER_LEVELS = (1, 4, 8, 14)
 MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
 
+RX_READY_DELAY = 0.05   # seconds
 FLUSH_THRESHOLD = 4096
 STDIN_QUEUE_LIMIT = 1 << 16
 
@@ -101,7 +103,9 @@ class Uart16550:
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self._thr_interrupt = False
         self._irq_level = 0
-        self._modem_lines_set = False   # whether the guest ever wrote MCR
+        self._rx_interrupt_used = False   # the guest enabled the receive interrupt once
+        self._rx_ready = False            # ... and then read IIR with it enabled (or waited)
+        self._rx_ready_timer = None
         if input is not None and irq_line is not None:
             input.listener = self._update_irq
 
@@ -117,6 +121,8 @@ class Uart16550:
         if offset == IER_DLM:
             return self.dlm if self.lcr & LCR_DLAB else self.ier
         if offset == IIR_FCR:
+            if self.ier & IER_RDI and not self._rx_ready:
+                self._receiver_ready()
             iir = self._pending_interrupt()
             if iir == IIR_THRI:
                 self._thr_interrupt = False
@@ -156,6 +162,9 @@ class Uart16550:
                 return
             if value & IER_THRI and not self.ier & IER_THRI:
                 self._thr_interrupt = True
+            if value & IER_RDI and not self.ier & IER_RDI:
+                self._rx_interrupt_used = True
+                self._start_rx_ready_timer()
             self.ier = value & 0x0F
         elif offset == IIR_FCR:
             if (value ^ self.fcr) & FCR_FIFO_ENABLE or value & FCR_CLEAR_RX:
@@ -165,7 +174,6 @@ class Uart16550:
             self.lcr = value
         elif offset == MCR:
             self.mcr = value & 0x1F
-            self._modem_lines_set = True
         elif offset == SCR:
             self.scr = value
         if self._irq_line is not None:   # skip the call on a machine without interrupts
@@ -193,10 +201,28 @@ class Uart16550:
             return bool(self._loopback)
         return self._line_sends() and self._input.available()
 
+    def _receiver_ready(self):
+        """From now on the line sends (see the module's doc)."""
+        self._rx_ready = True
+        self._update_irq()
+
+    def _start_rx_ready_timer(self):
+        if self._rx_ready or self._input is None or self._irq_line is None or self._rx_ready_timer is not None:
+            return
+        self._rx_ready_timer = threading.Timer(RX_READY_DELAY, self._rx_ready_timeout)
+        self._rx_ready_timer.daemon = True
+        self._rx_ready_timer.start()
+
+    def _rx_ready_timeout(self):
+        """The receive interrupt stayed enabled without an identification: the guest waits for
+        its first interrupt. (A probe that enabled it and turned it off again does not.)"""
+        self._rx_ready_timer = None
+        if self.ier & IER_RDI and not self._rx_ready:
+            self._receiver_ready()
+
     def _line_sends(self):
-        """Whether the line may send: there is input, and the guest asserts DTR or RTS (or has
-        never set the modem lines)."""
-        return self._input is not None and (not self._modem_lines_set or bool(self.mcr & (MCR_DTR | MCR_RTS)))
+        """Whether the line may send: there is input and the receiver is ready for it."""
+        return self._input is not None and (self._rx_ready or not self._rx_interrupt_used)
 
     def _pending_interrupt(self):
         if self.ier & IER_RDI:
@@ -223,6 +249,13 @@ class Uart16550:
             if level != self._irq_level:
                 self._irq_level = level
                 self._irq_line(level)
+
+    def close(self):
+        """Stop the receiver's timer (the interrupt line goes away with the VM)."""
+        timer, self._rx_ready_timer = self._rx_ready_timer, None
+        self._irq_line = None
+        if timer is not None:
+            timer.cancel()
 
     def flush(self):
         if self._out_buffer and self._output is not None:

@@ -77,6 +77,7 @@ class Machine:
             self.serial = Uart16550(serial_output, serial_input,
                                     pc.serial_irq(self.vm) if machine_type == "pc" else None)
             self._resources.callback(self.serial.flush)
+            self._resources.callback(self.serial.close)
             self.ports.register(self.serial if vcpus == 1 else SerializedDevice(self.serial), COM1_BASE, PORT_COUNT)
             self.ports.register(DebugExit(self._test_exit), DEFAULT_IOBASE, DEFAULT_IOSIZE)
             self.ucalls = UcallPort(self.memory, self._guest_assert, self._guest_done, self._bad_ucall)
