@@ -20,7 +20,8 @@ guests:
 	$(MAKE) -C guest_images
 
 # Boots a guest, then shows the main job: the packed sample run unwatched and
-# with its payload page watched (same output and status), and the trace.
+# with its payload page watched (same output and status), and the trace,
+# disassembled, with its statistics.
 demo: $(STAMP)
 	@echo '== hello, long mode'
 	$(VENV)/bin/vmm run guest_images/hello_long.bin
@@ -28,8 +29,10 @@ demo: $(STAMP)
 	$(VENV)/bin/vmm run guest_images/packed_long.bin; echo "exit status $$?"
 	@echo '== packed sample, payload page 0x200000 watched'
 	$(VENV)/bin/vmm run guest_images/packed_long.bin --watch 0x200000 --trace v2e-demo.jsonl; echo "exit status $$?"
-	@echo '== the trace'
+	@echo '== the trace, disassembled'
 	$(VENV)/bin/vmm trace show v2e-demo.jsonl --max-instructions 12
+	@echo '== its statistics'
+	$(VENV)/bin/vmm trace stats v2e-demo.jsonl --top 3
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

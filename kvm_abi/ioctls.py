@@ -75,6 +75,8 @@ KVM_SET_DEBUGREGS = _IOW(0xA2, "struct kvm_debugregs")
 KVM_SET_DEVICE_ATTR = _IOW(0xE1, "struct kvm_device_attr")
 KVM_GET_DEVICE_ATTR = _IOW(0xE2, "struct kvm_device_attr")
 KVM_HAS_DEVICE_ATTR = _IOW(0xE3, "struct kvm_device_attr")
+KVM_GET_FPU = _IOR(0x8C, "struct kvm_fpu")
+KVM_SET_FPU = _IOW(0x8D, "struct kvm_fpu")
 
 # Names of the ioctls above, for error messages and the probe test.
 IOCTL_NAMES = {value: name for name, value in globals().items()

@@ -257,6 +257,22 @@ struct kvm_exec_trap {
     __u64 reserved[4];
 };
 
+/* The x87 and SSE state in FXSAVE terms (ftwx: the abridged tag byte). */
+struct kvm_fpu {
+    __u8  fpr[8][16];
+    __u16 fcw;
+    __u16 fsw;
+    __u8  ftwx;
+    __u8  pad1;
+    __u16 last_opcode;
+    __u64 last_ip;
+    __u64 last_dp;
+    __u8  xmm[16][16];
+    __u32 mxcsr;
+    __u32 pad2;
+};
+
+/* The guest's own debug registers, as the guest sees them. */
 /* KVM_CAP_SYNC_REGS: the registers KVM copies into kvm_run at every exit. */
 struct kvm_sync_regs {
     struct kvm_regs regs;

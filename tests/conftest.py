@@ -10,6 +10,7 @@ from vmm.devices.serial import SerialInput
 from vmm.errors import KvmUnavailable
 from vmm.machine import Machine
 from vmm.kvm import Kvm
+from vmm.trace.reader import TraceReader
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "guest_images"
@@ -40,6 +41,26 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "kvm: the test runs guests on /dev/kvm")
+    config.addinivalue_line("markers", "malformed_traces: the test writes invalid trace files on purpose")
+
+
+@pytest.fixture(autouse=True)
+def every_trace_validates(request):
+    """After each test, every trace file it left in its tmp_path (a *.jsonl file starting with a
+    header record, written by the engine or by `vmm run --trace`) must be a valid trace: each
+    record as the schema defines it, the records consistent, the last line whole."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if tmp_path is None or request.node.get_closest_marker("malformed_traces"):
+        return
+    for path in sorted(tmp_path.rglob("*.jsonl")):
+        with open(path, "rb") as trace:
+            if not trace.read(16) == b'{"type":"header"':
+                continue
+        reader = TraceReader(path)
+        for _ in reader:
+            pass
+        assert reader.truncated is None, f"{path}: {reader.truncated}"
 
 
 class GuestRun:

@@ -10,8 +10,8 @@ cross-CPU spin-waits (TSC synchronisation, IPIs) can stall for many minutes unde
 It reuses what `make e2e` built and cached (the outer kernel, its stock KVM modules and
 the Python root with cffi) and the Linux test assets (tests/linux_assets.py). The cases
 are the ones tests/test_linux.py runs: /init on 1, 2 and 4 vCPUs then power-off (status
-0), a shell fed through --serial-input, reboot (status 14), a panic with the pvpanic
-driver (status 16). Prints one line per case; exit status 1 when any case fails.
+0), a shell fed through --serial-input, reboot (status 16), a panic with the pvpanic
+driver (status 18). Prints one line per case; exit status 1 when any case fails.
 """
 import argparse
 import os

@@ -58,7 +58,7 @@ def check_trace(tmp_path, outcome, status):
         except json.JSONDecodeError as error:
             pytest.fail(f"trace line {number} of {len(lines)} is not JSON ({error}): {line[:200]!r}")
     kinds = [record.get("type") for record in records]
-    assert kinds[0] == "event" and kinds[-1] == "summary", f"expected an event first and the summary last, got {kinds}"
+    assert kinds[0] == "header" and kinds[-1] == "summary", f"expected the header first and the summary last, got {kinds}"
     assert kinds.count("summary") == 1, f"expected one summary record, got {kinds.count('summary')}"
     summary = records[-1]
     assert (summary["outcome"], summary["exit_status"]) == (outcome, status), (

@@ -70,6 +70,8 @@ def test_observers_see_every_exit_with_its_time(machine):
 class SingleStepper:
     """Single-steps `count` instructions, then gives the vCPU back."""
 
+    needs_prepare = False
+
     def __init__(self, loop, count):
         self.loop = loop
         self.count = count

@@ -163,7 +163,7 @@ def test_a_full_disk_leaves_complete_dumps_or_none(tmp_path):
 def test_each_layer_is_traced_from_its_entry_with_trace_layers(tmp_path):
     """--trace-layers: each layer is a V2E event from its entry, its instructions all inside
     its region, and the trace holds a record of each layer."""
-    from vmm.v2e import read_trace
+    from vmm.trace.reader import read_trace
     path = tmp_path / "layers.jsonl"
     result = run("unpack_three_long.bin", "--trace", str(path), "--trace-layers", dump_dir=tmp_path / "dumps")
     assert result.returncode == 65, result.stderr

@@ -5,7 +5,8 @@ import pytest
 
 import kvm_abi as abi
 from vmm.kvm import exits
-from vmm.v2e import V2E, Decision, page_bytes, read_trace
+from vmm.trace.reader import page_bytes, read_trace
+from vmm.v2e import V2E, Decision
 from vmm.v2e import engine as engine_module
 from vmm.v2e import stepper as stepper_module
 from conftest import GUESTS
@@ -105,7 +106,8 @@ def test_page_dump_is_the_decrypted_payload(run_packed):
     plain = run_packed("packed_long")
     run = run_packed("packed_long", page_range("packed_long"))
     pages = run.of_type("page")
-    assert [(p["event"], p["gpa"], p["size"]) for p in pages] == [(1, "0x200000", 4096)], pages
+    references = [event["pages"] for event in run.of_type("event")]
+    assert references == [[["0x200000", pages[0]["sha256"]]]] and len(pages) == 1, (references, pages)
     dump = page_bytes(pages[0])
     assert dump == plain.machine.memory.read(0x200000, 4096), "the dump differs from the unwatched run's page"
     image = (GUESTS / "packed_long.bin").read_bytes()

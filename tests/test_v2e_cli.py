@@ -1,5 +1,6 @@
-"""`vmm run --watch/--trace/--backend/--max-instructions` and `vmm trace show` as real processes:
-errors are one line, and the trace file ends with its summary however the run ends."""
+"""`vmm run --watch/--trace/--backend/--max-instructions` as real processes: errors are one
+line, and the trace file ends with its summary however the run ends (tests/test_trace_cli.py
+has the `vmm trace` commands)."""
 import json
 import os
 import signal
@@ -75,24 +76,6 @@ def test_watch_symbol_watches_the_pages_of_elf_symbols(tmp_path, image, watch, w
     assert (summary["watched"], summary["events"]) == (watched, events), summary
 
 
-def test_trace_show_prints_events_pages_and_changed_registers(tmp_path):
-    path = tmp_path / "packed.jsonl"
-    vmm("run", guest("packed_long"), "--watch", "0x200000", "--trace", str(path))
-    result = vmm("trace", "show", str(path), "--max-instructions", "3")
-    lines = result.stdout.decode().splitlines()
-    assert result.returncode == 0, result.stderr
-    assert lines[0] == ("event 1: vCPU 0 executes watched page 0x200000 at rip 0x200000 "
-                        "(gpa 0x200000, gva 0x200000; long mode, stock backend) -> trace")
-    assert "    00200030  25 00 00 18 00 c3 70 61 79 6c 6f 61 64 20 72 75  |%.....payload ru|" in lines
-    steps = [line for line in lines if line.startswith("  #")]
-    assert steps == ["  #1       0x200000  be 36 00 20 00           rsi=0x200036",
-                     "  #2       0x200005  ac                       rax=0x200070 rsi=0x200037",
-                     "  #3       0x200006  84 c0                    rflags=0x2"], steps
-    assert lines[-2] == "  leave: branch-out at rip 0x10006e after 264 traced of 264 stepped instructions"
-    assert lines[-1].startswith("summary: 1 event, 264 instructions traced, stock backend, watched 0x200000-0x201000; "
-                                "run ended: test-exit (exit status 193)"), lines[-1]
-
-
 @pytest.mark.parametrize("watch, text", [
     (["0x200800"], "watch range '0x200800' (0x200800-0x201800) is not page aligned (4 KiB)"),
     (["0x200000-0x200000"], "watch range '0x200000-0x200000' is empty"),
@@ -117,12 +100,6 @@ def test_patched_backend_on_an_unpatched_host_is_one_line():
             pytest.skip("this host's KVM carries the exec-trap patch")
     assert_one_line_error(vmm("run", guest("packed_long"), "--watch", "0x200000", "--backend", "patched"), 10,
                           "--backend patched: this host's KVM lacks the exec-trap patch")
-
-
-def test_trace_show_rejects_a_file_that_is_not_a_trace(tmp_path):
-    path = tmp_path / "junk.jsonl"
-    path.write_text('{"type": "event"\n')
-    assert_one_line_error(vmm("trace", "show", str(path)), 2, f"{path}:1: not a JSON record")
 
 
 def test_triple_fault_inside_the_trace_still_ends_with_the_summary(tmp_path):

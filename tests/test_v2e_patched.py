@@ -7,7 +7,8 @@ import pytest
 
 import kvm_abi as abi
 from vmm.kvm import exits
-from vmm.v2e import V2E, read_trace
+from vmm.trace.reader import read_trace
+from vmm.v2e import V2E
 from vmm.v2e.backends import PatchedBackend
 
 pytestmark = pytest.mark.kvm

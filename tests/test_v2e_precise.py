@@ -7,7 +7,8 @@ import pytest
 
 from conftest import GUESTS
 from test_cli import vmm
-from vmm.v2e import V2E, read_trace
+from vmm.trace.reader import read_trace
+from vmm.v2e import V2E
 
 pytestmark = pytest.mark.kvm
 

@@ -12,8 +12,11 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput,
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
 from .machine.stats import ExitStats
+from .gdb import cli as gdb_cli
+from .trace import cli as trace_cli
 from .unpack import cli as unpack_cli
 from .v2e import cli as v2e_cli
+from .version import PrintVersion
 from .x86 import boot
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
@@ -81,6 +84,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = _Parser(prog="vmm", description=package_doc)
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser("run", help="boot a guest image")
@@ -105,7 +109,7 @@ def build_parser():
                      help="Linux: the initial RAM disk (several are concatenated); multiboot: a module "
                           "'FILE [ARGS]' (repeatable, in order)")
     run.add_argument("--on-reboot", choices=ON_REBOOT, default="exit",
-                     help="when the guest resets the machine: exit (status 14, default) or restart it "
+                     help="when the guest resets the machine: exit (status 16, default) or restart it "
                           "(boot the same image again)")
     run.add_argument("--stats", action="store_true", help="print exit statistics on stderr at the end")
     run.add_argument("--stats-json", metavar="PATH", help="write exit statistics as JSON to PATH")
@@ -121,11 +125,12 @@ def build_parser():
                      help="CPUID without the hypervisor bit and the hypervisor leaves (no kvmclock)")
     v2e_cli.add_run_options(run)
     unpack_cli.add_run_options(run)
+    gdb_cli.add_run_options(run)
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
     check.set_defaults(handler=doctor.command_doctor)
-    v2e_cli.add_trace_command(commands)
+    trace_cli.add_trace_command(commands)
     return parser
 
 
@@ -184,9 +189,10 @@ def command_run(args):
         machine_type = args.machine or ("bare" if image_format == "flat" else "pc")
         if args.smp > 1 and machine_type != "pc":
             raise BadInput("--smp needs --machine pc (the in-kernel LAPICs start the other vCPUs)")
-        if args.on_reboot == "restart" and (args.watch or args.watch_symbol or args.unpack is not None):
-            raise BadInput("--on-reboot restart cannot be combined with --watch or --unpack (a restart is a new "
-                           "machine)")
+        if args.on_reboot == "restart" and (args.watch or args.watch_symbol or args.unpack is not None
+                                            or args.gdb is not None):
+            raise BadInput("--on-reboot restart cannot be combined with --watch, --unpack or --gdb (a restart is "
+                           "a new machine)")
         if image_format in loaders.KERNEL_FORMATS:
             modules, initrd = (), loaders.read_initrd(args.initrd, args.mem)
         else:
@@ -223,8 +229,10 @@ def _run_once(args, stack, image, image_format, machine_type, modules, initrd, o
                                           machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
     loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
                  args.append, modules, initrd)
-    v2e_cli.attach(machine, args, stack, image)
-    unpack_cli.attach(machine, args, stack)
+    debugger = gdb_cli.attach(machine, args, stack, image)
+    engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
+    unpack_cli.attach(machine, args, stack, image)
+    gdb_cli.start(debugger, engine, stack)
     exit_stats = None
     if args.stats or args.stats_json:
         exit_stats = ExitStats()

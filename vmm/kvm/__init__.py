@@ -4,8 +4,8 @@ failed one raising KvmError; Vcpu.run() returns a typed exit (exits)."""
 from ..errors import KvmError, KvmUnavailable
 from . import exits
 from .system import KVM_DEVICE, Kvm
-from .vcpu import Vcpu, install_kick_handler, kick_handler_installed
+from .vcpu import NO_DEBUGGER, DebuggerState, Vcpu, install_kick_handler, kick_handler_installed
 from .vm import Vm
 
-__all__ = ["KVM_DEVICE", "Kvm", "KvmError", "KvmUnavailable", "Vcpu", "Vm", "exits",
-           "install_kick_handler", "kick_handler_installed"]
+__all__ = ["KVM_DEVICE", "NO_DEBUGGER", "DebuggerState", "Kvm", "KvmError", "KvmUnavailable", "Vcpu", "Vm",
+           "exits", "install_kick_handler", "kick_handler_installed"]

@@ -15,6 +15,7 @@ class Kvm(libc.FileDescriptor):
     """An open /dev/kvm."""
 
     def __init__(self, path=KVM_DEVICE):
+        self.path = path
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

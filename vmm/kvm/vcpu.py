@@ -4,6 +4,7 @@ import functools
 import struct
 import signal
 import threading
+from dataclasses import dataclass
 
 import kvm_abi
 
@@ -32,6 +33,20 @@ assert [libc.ffi.offsetof("struct kvm_regs", name) for name in GENERAL_REGISTERS
 _SYNCED_REGS_AT = libc.ffi.offsetof("struct kvm_run", "s", "regs", "regs")
 
 
+@dataclass(slots=True, frozen=True)
+class DebuggerState:
+    """What a debugger asks of KVM_SET_GUEST_DEBUG for one vCPU."""
+
+    single_step: bool = False
+    block_irq: bool = False              # no interrupt is delivered during a step
+    software_breakpoints: bool = False   # int3 exits to userspace (KVM_GUESTDBG_USE_SW_BP)
+    debugreg: tuple = (0, 0, 0, 0)       # DR0-DR3: linear addresses
+    dr7: int = 0                         # their enables and conditions; 0: none
+
+
+NO_DEBUGGER = DebuggerState()
+
+
 def kick_handler_installed():
     return signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)
 
@@ -56,6 +71,8 @@ class Vcpu(libc.FileDescriptor):
         self._io = exits.Io(kvm_abi.KVM_EXIT_IO, 0, 0, 0, False, None)
         self._debug = exits.Debug(kvm_abi.KVM_EXIT_DEBUG, 0, 0, 0, 0)
         self._thread_id = None
+        self._tracer_steps = False
+        self._debugger = NO_DEBUGGER
 
     # -- running -------------------------------------------------------------
 
@@ -87,6 +104,9 @@ class Vcpu(libc.FileDescriptor):
     def bind_thread(self):
         """Record the calling thread as the one running this vCPU, so kick() can reach it."""
         self._thread_id = threading.get_ident()
+
+    def runs_on_current_thread(self):
+        return self._thread_id == threading.get_ident()
 
     def kick(self):
         """Make the running (or next) KVM_RUN return EINTR; callable from any thread."""
@@ -142,28 +162,56 @@ class Vcpu(libc.FileDescriptor):
                 setattr(cpuid.entries[i], name, value)
         libc.ioctl(self.fd, kvm_abi.KVM_SET_CPUID2, cpuid)
 
-    def set_guest_debug(self, enable=False, single_step=False, hw_breakpoints=(), dr7=None, inject_db=False):
-        """KVM_SET_GUEST_DEBUG: single-step and/or up to four hardware execution breakpoints;
+    # KVM_SET_GUEST_DEBUG holds one state per vCPU that two users share: a tracer single-stepping
+    # (set_guest_debug) and a debugger (set_debugger: its breakpoints, and its own stepping).
+
+    def set_guest_debug(self, single_step=False, inject_db=False):
+        """The tracer's single-step, on or off. While it steps, the debugger's breakpoints are
+        suspended: a breakpoint fault at the next instruction would repeat at every step.
         inject_db queues a #DB for the guest (its DR6 is what KVM_SET_DEBUGREGS gave it)."""
-        if len(hw_breakpoints) > 4:
-            raise ValueError("at most four hardware breakpoints")
+        self._tracer_steps = single_step
+        self._apply_guest_debug(inject_db)
+
+    def set_debugger(self, state):
+        """What a debugger wants of this vCPU (a DebuggerState); applied at once."""
+        self._debugger = state
+        self._apply_guest_debug()
+
+    def _apply_guest_debug(self, inject_db=False):
         debug = libc.ffi.new("struct kvm_guest_debug *")
+        state, tracer_steps = self._debugger, self._tracer_steps
         control = 0
-        if enable or single_step or hw_breakpoints or inject_db:
-            control |= kvm_abi.KVM_GUESTDBG_ENABLE
-        if single_step:
+        if tracer_steps or state.single_step:
             control |= kvm_abi.KVM_GUESTDBG_SINGLESTEP
+            if state.block_irq and not tracer_steps:
+                control |= kvm_abi.KVM_GUESTDBG_BLOCKIRQ
+        if not tracer_steps:
+            if state.software_breakpoints:
+                control |= kvm_abi.KVM_GUESTDBG_USE_SW_BP
+            if state.dr7:
+                control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
+                debug.arch.debugreg[0:4] = list(state.debugreg)
+                debug.arch.debugreg[7] = state.dr7
         if inject_db:
             control |= kvm_abi.KVM_GUESTDBG_INJECT_DB
-        if hw_breakpoints:
-            control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
-            enables = 0
-            for index, address in enumerate(hw_breakpoints):
-                debug.arch.debugreg[index] = address
-                enables |= 1 << (index * 2)  # Ln bit; R/W=00 (execute), LEN=00
-            debug.arch.debugreg[7] = enables if dr7 is None else dr7
+        if control:
+            control |= kvm_abi.KVM_GUESTDBG_ENABLE
         debug.control = control
         libc.ioctl(self.fd, kvm_abi.KVM_SET_GUEST_DEBUG, debug)
+
+    def get_fpu(self):
+        fpu = libc.ffi.new("struct kvm_fpu *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_FPU, fpu)
+        return fpu
+
+    def set_fpu(self, fpu):
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_FPU, fpu)
+
+    def get_debugregs(self):
+        """The guest's own DR0-DR3, DR6 and DR7 (not a debugger's)."""
+        debugregs = libc.ffi.new("struct kvm_debugregs *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_DEBUGREGS, debugregs)
+        return debugregs
 
     def get_vcpu_events(self):
         events = libc.ffi.new("struct kvm_vcpu_events *")
@@ -172,11 +220,6 @@ class Vcpu(libc.FileDescriptor):
 
     def set_vcpu_events(self, events):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_VCPU_EVENTS, events)
-
-    def get_debugregs(self):
-        debugregs = libc.ffi.new("struct kvm_debugregs *")
-        libc.ioctl(self.fd, kvm_abi.KVM_GET_DEBUGREGS, debugregs)
-        return debugregs
 
     def set_debugregs(self, debugregs):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_DEBUGREGS, debugregs)
@@ -213,6 +256,11 @@ class Vcpu(libc.FileDescriptor):
 
     def set_device_attr(self, group, attribute, value):
         self._device_attr(kvm_abi.KVM_SET_DEVICE_ATTR, group, attribute, value)
+
+    def get_mp_state(self):
+        mp_state = libc.ffi.new("struct kvm_mp_state *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_MP_STATE, mp_state)
+        return mp_state.mp_state
 
     def set_mp_state(self, mp_state):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_MP_STATE, libc.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state}))

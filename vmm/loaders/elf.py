@@ -203,6 +203,53 @@ def load(memory, image, elf):
         load_segment(memory, image, segment)
 
 
+# Where st_info and st_shndx are in each class's symbol layout (_SECTION_LAYOUTS keeps name,
+# value and size), and the symbol kinds that name code or data.
+_SYMBOL_INFO_AND_SECTION = {ELFCLASS32: (3, 5), ELFCLASS64: (1, 3)}
+_STT_NOTYPE, _STT_OBJECT, _STT_FUNC = 0, 1, 2
+_SHN_UNDEF = 0
+
+
+def symbols(image, name="the image"):
+    """[(value, size, symbol name)] of every defined function, object and label in the symbol
+    tables (SHT_SYMTAB) of an ELF file; every offset and count read from the file is checked."""
+    if elf_class(image) is None:
+        raise BadInput(f"{name}: not an ELF file (no \\x7fELF magic, or an unknown class)")
+    shoff_at, shoff_format, counts_at, shdr_format, shdr_fields, sym_format, sym_fields = \
+        _SECTION_LAYOUTS[image[4]]
+    if len(image) < counts_at + 4:
+        raise BadInput(f"{name}: truncated ELF header ({len(image)} bytes)")
+    (e_shoff,) = struct.unpack_from(shoff_format, image, shoff_at)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", image, counts_at)
+    if e_shoff == 0 or e_shnum == 0:
+        raise BadInput(f"{name}: no section headers, so no symbols (a stripped file?)")
+    info_at, section_at = _SYMBOL_INFO_AND_SECTION[image[4]]
+    sym_size = struct.calcsize(sym_format)
+    sections = [tuple(fields[i] for i in shdr_fields)   # type, offset, size, link, entsize
+                for fields in _header_table(image, e_shoff, e_shnum, e_shentsize, shdr_format, "section", name)]
+    found = []
+    for _, offset, size, link, entsize in (section for section in sections if section[0] == SHT_SYMTAB):
+        if entsize != sym_size or offset + size > len(image) or link >= e_shnum:
+            raise BadInput(f"{name}: malformed symbol table at offset {offset:#x}")
+        _, names_at, names_size, _, _ = sections[link]
+        names_end = names_at + names_size
+        if names_end > len(image):
+            raise BadInput(f"{name}: truncated string table at offset {names_at:#x}")
+        for fields in struct.iter_unpack(sym_format, image[offset:offset + size - size % sym_size]):
+            if fields[info_at] & 0xF not in (_STT_NOTYPE, _STT_OBJECT, _STT_FUNC) or fields[section_at] == _SHN_UNDEF:
+                continue
+            name_at = names_at + fields[sym_fields[0]]
+            if name_at >= names_end:
+                continue
+            end = image.find(b"\0", name_at, names_end)
+            text = image[name_at:names_end if end < 0 else end].decode("utf-8", "replace")
+            if text:
+                found.append((fields[sym_fields[1]], fields[sym_fields[2]], text))
+    if not any(section[0] == SHT_SYMTAB for section in sections):
+        raise BadInput(f"{name}: no symbol table (a stripped file?)")
+    return found
+
+
 PT_NOTE = 4
 _NOTE_HEADER = struct.Struct("<III")   # namesz, descsz, type (the same in ELF32 and ELF64)
 

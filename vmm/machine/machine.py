@@ -137,10 +137,12 @@ class Machine:
         return cpuid.vendor(self.kvm.supported_cpuid())
 
     def pause(self, exempt=None):
-        """Park every vCPU (but the one with id `exempt`, when a vCPU thread asks for the others)
-        between two KVM_RUNs; returns a Pause once they are all parked (resume() it, or use it
-        as a context manager), or None when the machine stops first."""
-        return self.pause_gate.pause(exempt, lambda vcpu_id: self.vcpus[vcpu_id].kick())
+        """Park every vCPU (but the one with id `exempt`) between two KVM_RUNs; returns a Pause
+        once they are all parked (resume() it, or use it as a context manager), or None when the
+        machine stops first. Asked on a vCPU's thread, a pause that holds that vCPU returns
+        once the others are parked, and the vCPU parks when its run loop next turns."""
+        caller = next((vcpu.id for vcpu in self.vcpus if vcpu.runs_on_current_thread()), None)
+        return self.pause_gate.pause(exempt, lambda vcpu_id: self.vcpus[vcpu_id].kick(), caller)
 
     def run(self, timeout=None):
         """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock.

@@ -4,7 +4,8 @@ A pause is requested by a debugger, by V2E, or by a vCPU thread for all the othe
 the vCPU that keeps running). pause() kicks the vCPUs out of KVM_RUN and returns once every
 vCPU it holds is parked. A vCPU thread asking while another pause holds it first parks itself,
 counted among the parked, until that pause ends, so two vCPUs asking at once cannot wait for
-each other. Every wait also ends when the machine stops.
+each other; a pause it asks for that holds itself too (a debugger stop on that vCPU) is not
+waited for on its account: it parks at its next turn. Every wait also ends when the machine stops.
 """
 import threading
 
@@ -44,19 +45,20 @@ class PauseGate:
         # loop before each KVM_RUN, so the common case costs one list index.
         self.held = [False] * count
 
-    def pause(self, exempt=None, kick=None):
+    def pause(self, exempt=None, kick=None, caller=None):
         """Hold every vCPU but `exempt` (a vCPU id, or None for all); kick(vcpu_id) makes one
-        leave KVM_RUN. Returns the Pause once they are all parked, or None if the machine
-        stops first."""
+        leave KVM_RUN; `caller` is the vCPU whose thread asks (None for any other thread).
+        Returns the Pause once the vCPUs it holds, but the caller, are parked, or None if the
+        machine stops first."""
         with self._condition:
-            if exempt is not None:
-                self._park_locked(exempt)
+            if caller is not None:
+                self._park_locked(caller)
             if self._stopped():
                 return None
             pause = Pause(self, exempt)
             self._pauses.append(pause)
             self._update_held()
-        held = [vcpu_id for vcpu_id in self._vcpu_ids if vcpu_id != exempt]
+        held = [vcpu_id for vcpu_id in self._vcpu_ids if vcpu_id != exempt and vcpu_id != caller]
         if kick is not None:
             for vcpu_id in held:
                 kick(vcpu_id)

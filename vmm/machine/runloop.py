@@ -12,7 +12,8 @@ Its extension points each return a handle that undoes them:
 - observe(observer): see every exit with the time KVM_RUN took;
 - drive(driver): take over the vCPU: every exit goes to driver.on_exit() until release(),
   one KVM_RUN per turn of this loop (V2E single-steps this way); the driver hands the exits
-  it does not consume back with dispatch().
+  it does not consume back with dispatch(), and has its prepare() called before the next
+  KVM_RUN while its needs_prepare is set.
 Before each KVM_RUN the vCPU parks while a pause of the machine holds it.
 """
 import time
@@ -141,6 +142,10 @@ class RunLoop:
                 gate.park(vcpu_id)
                 if machine.outcome is not None:
                     break
+            driver = self._driver
+            if driver is not None and driver.needs_prepare:
+                driver.prepare()
+                continue
             if self._observers:
                 exit = self._observed_run()
             else:

@@ -1,5 +1,6 @@
 """The unpacking parts of `vmm run`: --unpack [RANGE ...] --dump-dir DIR --max-layers N."""
 import argparse
+import os
 import sys
 
 from ..errors import BadInput
@@ -37,8 +38,9 @@ def add_run_options(run):
                        help="trace each layer from its entry until it leaves its region (V2E), into --trace")
 
 
-def attach(machine, args, stack):
-    """Start the unpacker when --unpack was given; the stack prints its summary at the end."""
+def attach(machine, args, stack, image):
+    """Start the unpacker when --unpack was given (the machine loaded with `image`); the stack
+    prints its summary at the end."""
     if args.unpack is None:
         if args.dump_dir:
             raise BadInput("--dump-dir needs --unpack")
@@ -52,7 +54,7 @@ def attach(machine, args, stack):
     tracer = None
     if args.trace:
         tracer = V2E(machine, [], backend=None, trace_path=args.trace, max_instructions=args.max_instructions,
-                     tsc_per_step=args.tsc_per_step)
+                     tsc_per_step=args.tsc_per_step, image_path=os.path.abspath(args.image), image=image)
         stack.callback(tracer.close)
     unpacker = Unpacker(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
                         on_layer=lambda record: _layer_line(record, args.max_layers), tracer=tracer,

@@ -8,14 +8,13 @@ and let the guest continue at hardware speed.
         engine.finish(outcome)
 
 backends (how a watched page's execution reaches userspace), stepper (driving a vCPU one
-instruction at a time), events (what the engine reports), trace (the JSONL recorder and
-reader), policy (the other vCPUs while one traces), engine (the wiring).
+instruction at a time), events (what the engine reports), policy (the other vCPUs while one
+traces), engine (the wiring). The trace file itself is vmm.trace's.
 """
 from .backends import BACKENDS, BackendUnavailable
 from .engine import DEFAULT_MAX_INSTRUCTIONS, V2E
 from .events import Decision, EmulateEvent, Step
-from .trace import format_trace, page_bytes, read_trace
 from .watch import WatchSet, parse_watch
 
 __all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_INSTRUCTIONS", "V2E", "Decision", "EmulateEvent", "Step",
-           "format_trace", "page_bytes", "read_trace", "WatchSet", "parse_watch"]
+           "WatchSet", "parse_watch"]

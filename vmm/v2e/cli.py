@@ -1,24 +1,17 @@
-"""The V2E parts of the command line: `vmm run --watch ...` and `vmm trace show`."""
+"""The V2E parts of `vmm run`: --watch, --watch-symbol, --trace, --backend, --max-instructions,
+--tsc-per-step."""
 import argparse
+import os
 import sys
 
 from ..errors import BadInput
 from ..loaders import elf
+from ..trace.cli import positive_int
+from ..trace.format import plural
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from .backends import BACKENDS
 from .engine import DEFAULT_MAX_INSTRUCTIONS, DEFAULT_TSC_PER_STEP, V2E
-from .trace import format_trace, plural, read_trace
 from .watch import page_ranges, parse_watch
-
-
-def _positive_int(text):
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
 
 
 def _count(text):
@@ -47,16 +40,16 @@ def add_run_options(run):
     group.add_argument("--trace", metavar="PATH", help="write the V2E trace (JSON Lines) to PATH")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto (the exec-trap kernel patch when present, else stock), patched or stock")
-    group.add_argument("--max-instructions", type=_positive_int, default=DEFAULT_MAX_INSTRUCTIONS, metavar="N",
+    group.add_argument("--max-instructions", type=positive_int, default=DEFAULT_MAX_INSTRUCTIONS, metavar="N",
                        help=f"instructions recorded per event at most; the rest of the event is stepped "
                             f"unrecorded (default: {DEFAULT_MAX_INSTRUCTIONS})")
     group.add_argument("--tsc-per-step", type=_count, default=DEFAULT_TSC_PER_STEP, metavar="CYCLES",
                        help=f"TSC cycles the guest sees a traced instruction take (default: {DEFAULT_TSC_PER_STEP})")
 
 
-def attach(machine, args, stack, image):
+def attach(machine, args, stack, image, **engine_options):
     """Start V2E on a machine loaded with `image` when --watch or --watch-symbol was given;
-    the stack writes the trace's summary."""
+    the stack writes the trace's summary. engine_options: more of V2E's (the callbacks...)."""
     ranges = list(args.watch)
     symbol_pages = _symbol_pages(args.watch_symbol, image, machine.memory.size, args.image)
     ranges += page_ranges(page for page in symbol_pages
@@ -66,7 +59,8 @@ def attach(machine, args, stack, image):
             raise BadInput("--trace needs at least one --watch range, --watch-symbol or --unpack")
         return None
     engine = V2E(machine, ranges, backend=args.backend, trace_path=args.trace,
-                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step)
+                 max_instructions=args.max_instructions, tsc_per_step=args.tsc_per_step,
+                 image_path=os.path.abspath(args.image), image=image, **engine_options)
     stack.callback(_close, engine, args.trace)
     return engine
 
@@ -97,20 +91,3 @@ def _close(engine, trace_path):
     where = f"; trace in {trace_path}" if trace_path else ""
     print(f"vmm: v2e: {plural(engine.events, 'event')}, {plural(engine.instructions, 'instruction')} traced "
           f"({engine.backend.name} backend){where}", file=sys.stderr)
-
-
-def add_trace_command(commands):
-    trace = commands.add_parser("trace", help="work with V2E trace files")
-    actions = trace.add_subparsers(dest="trace_command", metavar="ACTION", parser_class=type(trace))
-    actions.required = True
-    show = actions.add_parser("show", help="print a trace readably")
-    show.add_argument("path", help="a trace file written by `vmm run --trace`")
-    show.add_argument("--max-instructions", type=_positive_int, metavar="N",
-                      help="show at most N instructions per event")
-    show.set_defaults(handler=command_trace_show)
-
-
-def command_trace_show(args):
-    for line in format_trace(read_trace(args.path), args.max_instructions):
-        print(line)
-    return 0

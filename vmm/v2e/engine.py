@@ -12,20 +12,23 @@ to the recorders: the JSONL trace writer and the analyst's instruction callback 
 stream. When no vCPU is in watched code any more, the trap is re-armed and every vCPU runs
 at full speed until the next entry.
 """
+import datetime
+import hashlib
 import threading
 
 import kvm_abi as abi
 
 from ..errors import EXIT_OK, VmmError
 from ..machine.outcome import Outcome, kvm_error
+from ..trace.writer import TraceWriter
+from ..version import version
 from ..x86.mode import cpu_mode, linear_rip
 from ..x86.paging import PAGE_SIZE
 from ..x86.registers import CR0_PE, RIP, general_registers_as_dict, special_registers_as_dict
 from .backends import NoTrap, select_backend
 from .events import Decision, EmulateEvent, Step
 from .policy import StepEveryVcpu
-from .stepper import Stepper, new_instruction_memo
-from .trace import TraceWriter
+from .stepper import REARM_AFTER_STEPS, Stepper, new_instruction_memo
 from .watch import WatchSet
 
 DEFAULT_MAX_INSTRUCTIONS = 100_000
@@ -74,13 +77,20 @@ class V2E:
 
     on_event(event) -> Decision or None (None: TRACE); on_instruction(step) -> Decision or
     None, where UNRECORDED stops recording this event and STOP stops the guest. Use it as a
-    context manager, or call finish(outcome) after Machine.run and close().
+    context manager, or call finish(outcome) after Machine.run and close(). image_path and
+    image (its bytes), when given, name the guest image in the trace's header.
     """
 
     def __init__(self, machine, ranges, backend="auto", trace_path=None,
                  max_instructions=DEFAULT_MAX_INSTRUCTIONS, on_event=None, on_instruction=None,
-                 tsc_per_step=DEFAULT_TSC_PER_STEP):
-        """backend None: no trap; nothing is watched until trace_region() says so."""
+                 tsc_per_step=DEFAULT_TSC_PER_STEP, rearm_after_steps=REARM_AFTER_STEPS, on_step=None,
+                 image_path=None, image=None):
+        """backend None: no trap; nothing is watched until trace_region() says so.
+        rearm_after_steps: instructions the vCPUs are stepped outside watched code before the
+        trap is armed again (0: at once; a debugger wants its own breakpoints back).
+        on_step(vcpu_id, values): every instruction any vCPU is stepped through, watched or
+        not (a debugger's own single-step ends there). image_path, image: what the trace's
+        header names as the traced image."""
         if max_instructions < 1:
             raise VmmError(f"the instruction budget must be at least 1, got {max_instructions}")
         if not 0 <= tsc_per_step < 1 << 32:
@@ -92,6 +102,8 @@ class V2E:
         self.backend = NoTrap() if backend is None else select_backend(backend, machine, self.watch)
         self.max_instructions = max_instructions
         self.tsc_per_step = tsc_per_step
+        self.rearm_after_steps = rearm_after_steps
+        self._on_step = on_step
         self.on_event = on_event
         self.events = self.steps = 0
         self._traced = 0            # instructions recorded by events that ended
@@ -104,7 +116,7 @@ class V2E:
         self._recorders = []
         self._regions = {}          # vCPU id -> pages trace_region() watches until its event ends
         if trace_path:
-            self._recorders.append(TraceWriter(trace_path))
+            self._recorders.append(TraceWriter(trace_path, self._trace_header(image_path, image)))
         if on_instruction:
             self._recorders.append(CallbackRecorder(on_instruction))
         self._interceptions = []
@@ -119,6 +131,13 @@ class V2E:
             self.close()
             raise
 
+    def _trace_header(self, image_path, image):
+        return {"vmm_version": version(), "image": image_path,
+                "image_sha256": None if image is None else hashlib.sha256(image).hexdigest(),
+                "watched": self.watch.ranges, "backend": self.backend.name,
+                "cpu_vendor": self.machine.cpu_vendor,
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
     def _intercept_trap(self, loop):
         interception = loop.intercept(self.backend.exit_reason,
                                       lambda exit: self._on_trap(loop, interception, exit))
@@ -126,7 +145,8 @@ class V2E:
 
     def _new_stepper(self, loop):
         return Stepper(self, loop, self.machine.memory, self.watch.pages, self._memo, self._sync_regs,
-                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor)
+                       self.tsc_per_step, self.machine.machine_type == "pc", self.machine.cpu_vendor,
+                       self.rearm_after_steps, self._on_step)
 
     @property
     def instructions(self):
@@ -182,7 +202,11 @@ class V2E:
         event = EmulateEvent(index, vcpu.id, self.backend.name, stepper.gpa, linear_rip(stepper.rip, sregs),
                              stepper.rip, cpu_mode(sregs)[0], general_registers_as_dict(stepper.values),
                              special_registers_as_dict(sregs), stepper.watched_page)
+        # Begun before the callback: while it runs (a debugger may hold the vCPU there) the
+        # event is under way, so no other vCPU re-arms the trap, and its time is hidden too.
+        stepper.begin(event, True)
         decision = (self.on_event(event) if self.on_event else None) or Decision.TRACE
+        stepper.record = decision is Decision.TRACE
         if self._recorders:
             memory = self.machine.memory
             pages = [(page, memory.read(page, PAGE_SIZE)) for page in sorted(self.watch.pages)]
@@ -190,10 +214,7 @@ class V2E:
                 recorder.event(event, decision, pages)
         if decision is Decision.STOP:
             self._stop_guest(event)
-            for recorder in self._recorders:
-                recorder.leave(event, "analysis-stop", stepper.rip, 0, 0)
-            return
-        stepper.begin(event, decision is Decision.TRACE)
+            stepper.end(stepper.rip, "analysis-stop")
 
     def instruction(self, stepper, values):
         """A recorded instruction (values: the registers after it): hand it to the recorders,

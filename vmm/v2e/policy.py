@@ -46,7 +46,12 @@ class StepEveryVcpu:
                 for stepper in self.steppers.values():
                     stepper.attach()
                 self._backend.disarm()
-            return self.steppers[vcpu.id]
+            stepper = self.steppers[vcpu.id]
+        # Its event starts here, on its own thread, with the others running again (theirs
+        # start on their threads before their next KVM_RUN).
+        if stepper.needs_prepare:
+            stepper.prepare()
+        return stepper
 
     def tracing(self):
         """Whether any vCPU traces an event now."""

@@ -85,13 +85,15 @@ class Stepper:
     watching), instruction(stepper, values) for each executed instruction of an event that
     is recorded (values: the registers after it; False ends the trace), and
     event_ends(stepper, event, rip, reason, detail) when tracing stops, and idle(stepper) once
-    it has stepped REARM_AFTER_STEPS instructions outside watched code.
+    it has stepped rearm_after_steps instructions outside watched code.
     """
 
-    def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel, vendor):
+    def __init__(self, engine, loop, memory, watched_pages, memo, synced, tsc_per_step, halt_in_kernel, vendor,
+                 rearm_after_steps=REARM_AFTER_STEPS, on_step=None):
         self.loop = loop
         self.vcpu = loop.vcpu
         self.event = None                 # the event being traced, or None while watching
+        self.needs_prepare = False        # the run loop calls prepare() before the next KVM_RUN
         self.record = False               # the event's instructions are recorded
         self.steps = self.traced = 0      # of the current event
         # The instruction about to execute: RIP, its physical address and bytes, the
@@ -105,6 +107,8 @@ class Stepper:
         self._tsc_per_step = tsc_per_step
         self._halt_in_kernel = halt_in_kernel
         self._vendor = vendor
+        self._rearm_after = rearm_after_steps
+        self._on_step = on_step
         self._read_regs = self.vcpu.register_reader(synced)
         self._guest_tf = False            # the guest's own RFLAGS.TF
         self._tf_traps = False            # its TF was set when the instruction about to execute began
@@ -126,7 +130,9 @@ class Stepper:
     # -- taking the vCPU and giving it back ----------------------------------
 
     def attach(self):
-        """Start single-stepping the vCPU (it is parked, or this is its own thread)."""
+        """Start single-stepping the vCPU (it is parked, or this is its own thread). An event at
+        the instruction it is about to execute starts on its own thread, before it runs
+        (prepare): the analysis's callback may take its time, with no other vCPU held."""
         values = self.vcpu.register_reader(False)()   # TF as the guest has it: not stepped yet
         self._guest_tf = bool(values[RFLAGS] & RFLAGS_TF)
         self._load_sregs(self.vcpu.get_sregs())
@@ -135,7 +141,13 @@ class Stepper:
         self.vcpu.set_guest_debug(single_step=True)
         self._attached = True
         self.loop.drive(self)
-        self._position(values)
+        self._position(values, start_events=False)
+
+    def prepare(self):
+        """The run loop's call before KVM_RUN when needs_prepare is set: start the event at
+        the instruction about to execute."""
+        self.needs_prepare = False
+        self._position(self.vcpu.register_reader(False)())
 
     def detach(self):
         """Stop single-stepping (the vCPU is parked, or this is its own thread). KVM drops the
@@ -180,7 +192,10 @@ class Stepper:
             if hidden > 0:
                 self._engine.set_tsc_offset(self.vcpu, self._tsc_offset - hidden)
         self._tsc_start = self._tsc_offset = None
+        self._idle = 0
         self._engine.event_ends(self, event, rip, reason, detail)
+        if self._rearm_after == 0:
+            self._engine.idle(self)
 
     # -- each exit -----------------------------------------------------------
 
@@ -239,6 +254,8 @@ class Stepper:
         self._pending_db = 0
         if bits and self._attached:
             self._inject_db(bits)
+        if self._on_step is not None:
+            self._on_step(self.vcpu.id, values)
         self._position(values)
 
     def _expected(self, rip):
@@ -403,7 +420,7 @@ class Stepper:
 
     # -- the instruction about to execute ------------------------------------
 
-    def _position(self, values, leave_reason="branch-out", detail=None, run_rdtsc=True):
+    def _position(self, values, leave_reason="branch-out", detail=None, run_rdtsc=True, start_events=True):
         """The vCPU is about to execute the instruction at values[RIP]: decode it, find the
         watched page it touches, start or end an event, and run rdtsc for the guest when
         tracing."""
@@ -419,10 +436,13 @@ class Stepper:
             self._tf_traps = self._guest_tf
             if self.event is None:
                 if self.watched_page is not None:
+                    if not start_events:
+                        self.needs_prepare = True
+                        return
                     self._engine.event_starts(self)
                 if self.event is None:
                     self._idle += 1
-                    if self._idle == REARM_AFTER_STEPS:
+                    if self._idle == self._rearm_after:
                         self._engine.idle(self)
                     return
                 self._idle = 0

@@ -211,7 +211,9 @@ def smp(expect):
         problems.append(f"trace unreadable: {e}")
     events = [r for r in records if r.get("type") == "event"]
     per_vcpu = sorted({(v, sum(1 for e in events if e.get("vcpu") == v)) for v in range(SMP_CPUS)})
-    one_event = ["event", "page"] + ["insn"] * SMP_INSTRUCTIONS + ["leave"]
+    # Trace format 2: a header first, the watched page's contents once (after the first event
+    # that refers to them), the summary last.
+    one_event = ["event"] + ["insn"] * SMP_INSTRUCTIONS + ["leave"]
     fields = {"backend": backend, "status": status, "unwatched_status": p_status,
               "events": len(events), "per_vcpu": ",".join(str(n) for _, n in per_vcpu)}
     if (status, out) != (p_status, p_out):
@@ -222,12 +224,18 @@ def smp(expect):
     else:
         # Every vCPU single-steps while the trap is disarmed, so events of different vCPUs may
         # interleave: each event's own records must be complete and in order.
-        by_event = {}
-        for record in records[:-1]:
-            by_event.setdefault(record.get("event"), []).append(record.get("type"))
+        by_event, pages = {}, 0
+        for record in records[1:-1]:
+            if record.get("type") == "page":
+                pages += 1
+            else:
+                by_event.setdefault(record.get("event"), []).append(record.get("type"))
         incomplete = [index for index, types in by_event.items() if types != one_event]
-        if incomplete or records[-1:] and records[-1].get("type") != "summary":
-            problems.append(f"events {incomplete[:5]} are not complete (event, page, {SMP_INSTRUCTIONS} insn, leave)")
+        if incomplete:
+            problems.append(f"events {incomplete[:5]} are not complete (event, {SMP_INSTRUCTIONS} insn, leave)")
+        if pages != 1 or records[0].get("type") != "header" or records[-1].get("type") != "summary":
+            problems.append(f"wanted a header, the watched page once and a summary: {pages} page records, "
+                            f"first {records[0].get('type')}, last {records[-1].get('type')}")
     return emit("smp", fields, problems)
 
 
