@@ -119,7 +119,8 @@ RDTSC_PROBE_STEPS = 205   # shl, or, mov, mov, 100 x (dec, jnz), rdtsc
 PROBES = {1: "pushf's TF bit", 2: "the guest's own TF: #DB count, return address, DR6", 3: "pushf after mov ss",
           4: "rdtsc delta", 5: "DR0, DR7, DR6", 6: "a DR0 breakpoint: #DB count, return address, DR6",
           7: "#DE: count, return address, pushed TF", 8: "#UD: count, return address, pushed TF",
-          9: "#PF: count, return address, pushed TF"}
+          9: "#PF: count, return address, pushed TF",
+          10: "#GP, its handler dropping the error code first: count, return address, pushed TF"}
 
 
 def transparency_reports(machine, trace_file, watched, tsc_per_step=None):
@@ -150,7 +151,8 @@ def test_the_guest_sees_the_same_flags_debug_state_and_exceptions_watched(machin
                  for number in PROBES if number != RDTSC_PROBE and watched.get(number) != unwatched[number]}
     assert not differing, f"watched differs from unwatched (unwatched, watched): {differing}"
     faults = [(r["reason"], r.get("detail")) for r in records if r["type"] == "leave" and r["reason"] == "fault"]
-    assert faults == [("fault", "#DB"), ("fault", "#DB"), ("fault", "#DE"), ("fault", "#UD"), ("fault", "#PF")], faults
+    assert faults == [("fault", "#DB"), ("fault", "#DB"), ("fault", "#DE"), ("fault", "#UD"), ("fault", "#PF"),
+                      ("fault", "#GP")], faults
 
 
 @pytest.mark.parametrize("tsc_per_step", [None, 7])

@@ -53,9 +53,10 @@ _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
-# How far above the stack pointer the stepper looks for an exception frame (an error code,
-# and what a handler's first instruction may already have pushed).
-_FRAME_SEARCH_SLOTS = 4
+# Where around the stack pointer the stepper looks for an exception frame, in stack words:
+# above it an error code and what a handler's first instruction may already have pushed,
+# below it what that instruction popped (an error code it dropped).
+_FRAME_SEARCH_SLOTS = range(-2, 4)
 _HANDLER_ENTRY_REACH = 15   # a handler's first instruction may have run before the step ended
 # Instructions a vCPU steps outside watched code before the engine may re-arm the trap: code
 # that leaves the watched pages and soon comes back (a call out, an interrupt handler, a loop
@@ -382,7 +383,7 @@ class Stepper:
         candidates = {self.rip, self._next_rip}
         if self._displacement is not None:
             candidates.add((self._next_rip + self._displacement) & self._ip_mask)
-        for slot in range(_FRAME_SEARCH_SLOTS):
+        for slot in _FRAME_SEARCH_SLOTS:
             linear = self._stack_linear(values[RSP] + slot * size)
             words = self._read_linear(linear, 3 * size)
             if words is None:
