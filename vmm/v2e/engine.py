@@ -161,6 +161,11 @@ class V2E:
 
     def _on_trap(self, loop, interception, exit):
         vcpu = loop.vcpu
+        stepper = self._policy.stepper_of(vcpu.id)
+        if stepper is not None and stepper.exit_while_stepping:
+            # The trap is off while the vCPUs step: this is the guest's own emulation failure.
+            interception.pass_on(exit)
+            return
         values, sregs = vcpu.register_reader(False)(), vcpu.get_sregs()
         target = self.backend.fetch_target(exit, vcpu, values[RIP], sregs)
         if target is None:

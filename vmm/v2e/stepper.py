@@ -95,6 +95,7 @@ class Stepper:
         self.vcpu = loop.vcpu
         self.event = None                 # the event being traced, or None while watching
         self.needs_prepare = False        # the run loop calls prepare() before the next KVM_RUN
+        self.exit_while_stepping = False  # the exit being dispatched came from a step
         self.record = False               # the event's instructions are recorded
         self.steps = self.traced = 0      # of the current event
         # The instruction about to execute: RIP, its physical address and bytes, the
@@ -213,7 +214,11 @@ class Stepper:
                 # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
                 return
         else:
-            self.loop.dispatch(exit)
+            self.exit_while_stepping = True
+            try:
+                self.loop.dispatch(exit)
+            finally:
+                self.exit_while_stepping = False
             # KVM may advance RIP past an OUT (or an MMIO write) before exiting and then
             # report no single-step trap for it: count it here.
             if (reason != _IO and reason != _MMIO) or self.loop.machine.outcome is not None:
