@@ -231,7 +231,7 @@ def _run_once(args, stack, image, image_format, machine_type, modules, initrd, o
                  args.append, modules, initrd)
     debugger = gdb_cli.attach(machine, args, stack, image)
     engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
-    unpack_cli.attach(machine, args, stack, image)
+    unpack_cli.attach(machine, args, stack, image, **gdb_cli.unpack_callbacks(debugger))
     gdb_cli.start(debugger, engine, stack)
     exit_stats = None
     if args.stats or args.stats_json:
