@@ -21,7 +21,7 @@ import kvm_abi as abi
 from ..errors import EXIT_OK, VmmError
 from ..machine.outcome import Outcome, kvm_error
 from ..trace.writer import TraceWriter
-from ..version import version
+from ..version import VERSION
 from ..x86.mode import cpu_mode, linear_rip
 from ..x86.paging import PAGE_SIZE
 from ..x86.registers import CR0_PE, RIP, general_registers_as_dict, special_registers_as_dict
@@ -132,7 +132,7 @@ class V2E:
             raise
 
     def _trace_header(self, image_path, image):
-        return {"vmm_version": version(), "image": image_path,
+        return {"vmm_version": VERSION, "image": image_path,
                 "image_sha256": None if image is None else hashlib.sha256(image).hexdigest(),
                 "watched": self.watch.ranges, "backend": self.backend.name,
                 "cpu_vendor": self.machine.cpu_vendor,

@@ -30,8 +30,8 @@ from ..x86 import decoder, idt, paging
 from ..x86.decoder import Flow
 from ..x86.mode import code_segment, cpu_mode
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
-from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_ENABLE, MSR_IA32_TSC, MSR_TSC_AUX, R11, RAX, RCX, RDX,
-                             RFLAGS, RFLAGS_TF, RIP, RSP)
+from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_CONDITION, DR7_ENABLE, MSR_IA32_TSC, MSR_TSC_AUX, R11, RAX, RCX,
+                             RDX, RFLAGS, RFLAGS_RF, RFLAGS_TF, RIP, RSP)
 
 # Decoded instructions are memoised by their bytes, and page translations by (CR3, linear
 # page); a guest that generates code or aliases pages without end only makes a table start over.
@@ -50,6 +50,7 @@ _RETURNS = frozenset((0xC2, 0xC3))
 _DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
 # Instructions the stepper looks at more closely (see the module docstring).
 _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
+_POPS_FLAGS = (_POPF, _IRET, _SYSRET)
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
@@ -119,6 +120,7 @@ class Stepper:
         self._iret_target = None          # where the last iret returned to
         self._pending_db = 0              # DR6 bits of a guest breakpoint to deliver after this step
         self._tsc_start = self._tsc_offset = None
+        self._forced_tf = None            # (linear address or None for R11, value) of a popped TF set
         self._attached = False
         self._length = self._kind = self._special = self._displacement = self._self_branch = None
         self._opcode = self._next_rip = self._delivers = self._operand_bits = self._accesses = None
@@ -156,6 +158,7 @@ class Stepper:
         guest's own TF with its single-step: it is put back."""
         if not self._attached:
             return
+        self._release_tf()
         self._attached = False
         self.vcpu.set_guest_debug()
         if self._guest_tf:
@@ -172,6 +175,7 @@ class Stepper:
 
     def abandon(self):
         """The run ended while stepping (no vCPU thread runs): drop the vCPU's state."""
+        self._release_tf()
         self._attached = False
         self.vcpu.sync_regs(False)
         self._page_view = None
@@ -206,6 +210,10 @@ class Stepper:
         if reason == _DEBUG:
             values = self._read_regs()
             breakpoints = exit.dr6 & DR6_B0_B3 & _enabled(exit.dr7)
+            if breakpoints and values[RFLAGS] & RFLAGS_RF:
+                # A step's #DB also sets B0-B3 of an execution breakpoint matching the next
+                # RIP (QEMU does); with RF set (an iret from the guest's #DB handler) it is no hit.
+                breakpoints &= ~_execution_breakpoints(exit.dr7)
             if breakpoints:
                 self._guest_breakpoint(values, breakpoints)
                 return
@@ -226,7 +234,7 @@ class Stepper:
             values = self._read_regs()
             if values[RIP] == self.rip:
                 return
-        self._stepped(values)
+        self._stepped(self._release_tf(values))
 
     def _stepped(self, values):
         """RIP moved on from self.rip: what happened, then on to the next instruction."""
@@ -260,8 +268,14 @@ class Stepper:
                 return
         bits = (DR6_BS if traps else 0) | self._pending_db
         self._pending_db = 0
-        if bits and self._attached:
-            self._inject_db(bits)
+        if self._attached:
+            if bits:
+                self._inject_db(bits)
+            elif special not in _POPS_FLAGS:
+                # An instruction KVM emulated (an MMIO access, an intercepted MOV DR or CPUID
+                # on SVM without next-RIP) reports its step but leaves RFLAGS without KVM's
+                # TF: single-step is set again at each instruction.
+                self.vcpu.set_guest_debug(single_step=True)
         if self._on_step is not None:
             self._on_step(self.vcpu.id, values)
         self._position(values)
@@ -322,6 +336,41 @@ class Stepper:
             return
         self._guest_tf = bool(image is not None and image & RFLAGS_TF)
         self.vcpu.set_guest_debug(single_step=True)
+
+    def _force_tf(self, values):
+        """popf, iret and sysret load RFLAGS; one that clears TF (the guest's own copy has it
+        clear: KVM's TF is not in it) ends the single-step on CPUs and emulators that take the
+        step trap from the new TF. The image it loads gets TF until the step has run."""
+        self._release_tf()
+        if self._special == _SYSRET:
+            if not values[R11] & RFLAGS_TF:
+                regs = self.vcpu.get_regs()
+                regs.r11 = values[R11] | RFLAGS_TF
+                self.vcpu.set_regs(regs)
+                self._forced_tf = (None, values[R11])
+            return
+        size = self._operand_bytes()
+        rsp = values[RSP] + (2 * size if self._special == _IRET else 0)
+        image = self._read_stack(rsp, size)
+        if image is not None and not image & RFLAGS_TF:
+            linear = self._stack_linear(rsp)
+            self._write_tf(linear, True)
+            self._forced_tf = (linear, image)
+
+    def _release_tf(self, values=None):
+        """Put back the image _force_tf changed; returns `values` (the registers after the
+        step) with the guest's own R11."""
+        forced, self._forced_tf = self._forced_tf, None
+        if forced is None:
+            return values
+        linear, original = forced
+        if linear is not None:
+            self._write_tf(linear, False)
+            return values
+        regs = self.vcpu.get_regs()
+        regs.r11 = original
+        self.vcpu.set_regs(regs)
+        return None if values is None else values[:R11] + (original,) + values[R11 + 1:]
 
     def _after_ss_load(self, values):
         """MOV SS / POP SS hold debug traps for one instruction, so one step ran two; True when
@@ -416,7 +465,7 @@ class Stepper:
         reported with the step before it, comes after an executed instruction."""
         if values[RIP] != self.rip and not self._delivering:
             self._pending_db = breakpoints
-            self._stepped(values)
+            self._stepped(self._release_tf(values))
             if self._pending_db:   # not delivered with the step's own trap
                 self._pending_db = 0
                 self._inject_db(breakpoints, single_step=self._attached)
@@ -458,6 +507,8 @@ class Stepper:
                 return
             self._read_instruction(rip, linear)
             self._tf_traps = self._guest_tf
+            if self._special in _POPS_FLAGS:
+                self._force_tf(values)
             if self.event is None:
                 if self.watched_page is not None:
                     if not start_events:
@@ -504,6 +555,8 @@ class Stepper:
             return None
         if traps:
             self._inject_db(DR6_BS)
+        elif self._attached:
+            self.vcpu.set_guest_debug(single_step=True)   # KVM_SET_REGS moved RIP: its TF is gone
         return updated
 
     def _read_instruction(self, rip, linear):
@@ -648,6 +701,11 @@ def _at(values, rip):
 
 def _unchanged(entries):
     return all(view == value for view, value in entries)
+
+
+def _execution_breakpoints(dr7):
+    """DR6 B0-B3 bits of the breakpoints DR7 makes execution breakpoints."""
+    return sum(1 << index for index, mask in enumerate(DR7_CONDITION) if not dr7 & mask)
 
 
 def _enabled(dr7):

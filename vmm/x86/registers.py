@@ -35,11 +35,13 @@ EFER_NXE = 1 << 11
 
 RFLAGS_FIXED = 1 << 1   # reads as 1 on every CPU
 RFLAGS_TF = 1 << 8
+RFLAGS_RF = 1 << 16   # the instruction at RIP runs once without its instruction breakpoint
 
 # DR6: B0-B3 (breakpoint conditions met) and BS (single step); DR7: L0/G0 .. L3/G3.
 DR6_B0_B3 = 0xF
 DR6_BS = 1 << 14
 DR7_ENABLE = tuple(3 << (2 * index) for index in range(4))
+DR7_CONDITION = tuple(3 << (16 + 4 * index) for index in range(4))   # R/W bits: 00 = execution
 
 MSR_IA32_TSC = 0x10
 MSR_TSC_AUX = 0xC0000103
