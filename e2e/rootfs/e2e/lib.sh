@@ -65,15 +65,16 @@ run_case() {
 }
 
 # The series' KVM selftest (patches/, exec_trap_test.c), every output line as
-# E2E-SELFTEST-OUT; the host parses its TAP lines.  2 MiB hugetlb pages for
-# its huge page cases are reserved on first use.
+# E2E-SELFTEST-OUT as it comes; the host parses its TAP lines.  2 MiB hugetlb
+# pages for its huge page cases are reserved on first use.
+SELFTEST_TIMEOUT=240
 selftest() {
 	[ -x /e2e/exec_trap_test ] || { echo "E2E-ERROR no exec_trap_test in the image"; return 1; }
 	[ -e /tmp/hugepages.done ] || { echo 8 > /proc/sys/vm/nr_hugepages; touch /tmp/hugepages.done; }
 	a=$(cut -d' ' -f1 /proc/uptime)
-	/e2e/exec_trap_test > /tmp/selftest.out 2>&1
-	st=$?
-	sed 's/^/E2E-SELFTEST-OUT /' /tmp/selftest.out
+	{ timeout $SELFTEST_TIMEOUT /e2e/exec_trap_test 2>&1; echo $? > /tmp/selftest.rc; } |
+		sed 's/^/E2E-SELFTEST-OUT /'
+	st=$(cat /tmp/selftest.rc)
 	echo "E2E-SELFTEST rc=$st hugepages=$(cat /proc/sys/vm/nr_hugepages) time=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
 	return $st
 }
@@ -122,7 +123,8 @@ stock_module_tree() {
 	cp $MODDIR/stock/kvm.ko $MODDIR/stock/kvm-intel.ko $MODDIR/stock/kvm-amd.ko $m/kernel/arch/x86/kvm/
 	cp $MODDIR/stock/irqbypass.ko $m/kernel/virt/lib/
 	cp $MODDIR/stock/ccp.ko $m/kernel/drivers/crypto/ccp/
-	/sbin/depmod -a 2>/dev/null
+	: > $m/modules.order; : > $m/modules.builtin; : > $m/modules.builtin.modinfo
+	/sbin/depmod -a
 }
 
 # install_case NAME VENDOR: patches/install.sh on a host-like module tree,
