@@ -159,7 +159,7 @@ def check_selftest(case):
         problems.append(f"selftest: {len(st['results'])} results for a plan of {st['plan']} (crashed?)")
     if st["rc"] != "0" and not failed:
         problems.append(f"selftest: exit status {st['rc']}")
-    summary = f"{passed}/{st['plan'] or '?'}" + (f" {len(skipped)}s" if skipped else "")
+    summary = f"{passed}/{st['plan'] or '?'} ok" + (f" {len(skipped)} skip" if skipped else "")
     return problems, summary
 
 
