@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test guests bench fuzz leaks e2e clean
+.PHONY: all demo test guests bench fuzz leaks e2e linux-nested clean
 
 all: test
 
@@ -53,6 +53,11 @@ fuzz: $(STAMP)
 # (SVM with NPT), running the harness inside (see e2e/README.md).
 e2e: $(STAMP)
 	$(MAKE) -C e2e
+
+# Debian's kernel booted to /init by the VMM on hardware-assisted KVM: inside Debian under
+# QEMU TCG with an emulated AMD-V CPU (needs what `make e2e` built; see tests/nested_linux.py).
+linux-nested: $(STAMP)
+	$(VPY) tests/nested_linux.py
 
 leaks: $(STAMP)
 	VMM_LEAK_VMS=1000 $(VPY) -m pytest -q tests/test_leaks.py

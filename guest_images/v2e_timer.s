@@ -46,6 +46,10 @@ _start:
         hlt
 
 timer_handler:
+        /* The first instruction moves RSP up, as a handler dropping an error code does: on a host
+         * that reports the step one instruction into the handler, the frame is below RSP. */
+        lea 8(%rsp), %rsp
+        lea -8(%rsp), %rsp
         push %rax
         incq ticks
         mov 24(%rsp), %rax

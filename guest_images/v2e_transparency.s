@@ -8,12 +8,15 @@
  *   5 DR0 as written, DR7, DR6
  *   6 a DR0 execution breakpoint on the guest's own code: #DB count, return address, DR6.B0
  *   7-9 #DE, #UD, #PF inside the probed page: handler count, return address, and the TF
- *       bit of the RFLAGS image the CPU pushed */
+ *       bit of the RFLAGS image the CPU pushed
+ *  10 the same for a #GP whose handler drops the error code first (many kernels' do): a host
+ *       that reports the step one instruction into the handler finds the frame below RSP */
         .include "ucall.inc"
         .set CODE_SEL, 0x08
         .set TF, 0x100
         .set RF, 0x10000
         .set UNMAPPED, 0x100000000          /* the VMM's page tables map the first 4 GiB only */
+        .set NON_CANONICAL, 0x8000000000000000
         .code64
         .globl _start
 
@@ -40,6 +43,7 @@ _start:
         gate 0, de_handler
         gate 1, db_handler
         gate 6, ud_handler
+        gate 13, gp_handler
         gate 14, pf_handler
         lidt idt_pointer
         probe 1, pushf_probe
@@ -58,6 +62,8 @@ _start:
         ucall UCALL_REPORT, $8, ud_count, fault_return, fault_tf
         call pf_probe
         ucall UCALL_REPORT, $9, pf_count, fault_return, fault_tf
+        call gp_probe
+        ucall UCALL_REPORT, $10, gp_count, fault_return, fault_tf
         ucall UCALL_DONE
         hlt
 
@@ -95,6 +101,9 @@ db_handler:
 de_handler: fault_handler de_count, 2          /* div %ecx */
 ud_handler: fault_handler ud_count, 2          /* ud2 */
 pf_handler: fault_handler pf_count, 2, 1       /* mov (%rbx), %eax */
+gp_handler:
+        add $8, %rsp                            /* the error code */
+        fault_handler gp_count, 2               /* mov (%rbx), %eax */
 
         .balign 8
 idt_pointer:
@@ -106,6 +115,7 @@ db_dr6:       .quad 0
 de_count:     .quad 0
 ud_count:     .quad 0
 pf_count:     .quad 0
+gp_count:     .quad 0
 fault_return: .quad 0
 fault_tf:     .quad 0
         ucall_block_storage
@@ -187,6 +197,11 @@ ud_probe:
 
 pf_probe:
         mov $UNMAPPED, %rbx
+        mov (%rbx), %eax
+        ret
+
+gp_probe:
+        mov $NON_CANONICAL, %rbx
         mov (%rbx), %eax
         ret
         .balign 4096

@@ -47,9 +47,13 @@ KVM_SET_TSS_ADDR = _IO(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(0x48, "__u64")
 KVM_CREATE_IRQCHIP = _IO(0x60)
 KVM_IRQ_LINE = _IOW(0x61, "struct kvm_irq_level")
+KVM_GET_IRQCHIP = _IOWR(0x62, "struct kvm_irqchip")
+KVM_SET_IRQCHIP = _IOR(0x63, "struct kvm_irqchip")
 KVM_REGISTER_COALESCED_MMIO = _IOW(0x67, "struct kvm_coalesced_mmio_zone")
 KVM_UNREGISTER_COALESCED_MMIO = _IOW(0x68, "struct kvm_coalesced_mmio_zone")
 KVM_CREATE_PIT2 = _IOW(0x77, "struct kvm_pit_config")
+KVM_GET_PIT2 = _IOR(0x9F, "struct kvm_pit_state2")
+KVM_SET_PIT2 = _IOW(0xA0, "struct kvm_pit_state2")
 KVM_SET_EXEC_TRAP = _IOW(0xE8, "struct kvm_exec_trap")  # exec-trap patch
 
 # vCPU ioctls.

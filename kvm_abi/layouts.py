@@ -13,6 +13,7 @@ typedef uint16_t __u16;
 typedef uint32_t __u32;
 typedef uint64_t __u64;
 typedef int32_t  __s32;
+typedef int64_t  __s64;
 
 struct kvm_regs {
     __u64 rax, rbx, rcx, rdx;
@@ -103,6 +104,56 @@ struct kvm_translation {
 struct kvm_pit_config {
     __u32 flags;
     __u32 pad[15];
+};
+
+struct kvm_pic_state {
+    __u8 last_irr;
+    __u8 irr;
+    __u8 imr;
+    __u8 isr;
+    __u8 priority_add;
+    __u8 irq_base;
+    __u8 read_reg_select;
+    __u8 poll;
+    __u8 special_mask;
+    __u8 init_state;
+    __u8 auto_eoi;
+    __u8 rotate_on_auto_eoi;
+    __u8 special_fully_nested_mode;
+    __u8 init4;
+    __u8 elcr;
+    __u8 elcr_mask;
+};
+
+struct kvm_irqchip {
+    __u32 chip_id;
+    __u32 pad;
+    union {
+        char dummy[512];
+        struct kvm_pic_state pic;
+    } chip;
+};
+
+struct kvm_pit_channel_state {
+    __u32 count;
+    __u16 latched_count;
+    __u8 count_latched;
+    __u8 status_latched;
+    __u8 status;
+    __u8 read_state;
+    __u8 write_state;
+    __u8 write_latch;
+    __u8 rw_mode;
+    __u8 mode;
+    __u8 bcd;
+    __u8 gate;
+    __s64 count_load_time;
+};
+
+struct kvm_pit_state2 {
+    struct kvm_pit_channel_state channels[3];
+    __u32 flags;
+    __u32 reserved[9];
 };
 
 struct kvm_irq_level {

@@ -357,6 +357,20 @@ def test_monitor_starts_and_stops_v2e(under_gdb):
     assert_same_as_without_gdb(vmm, "packed_long")
 
 
+def test_each_unpacking_layer_is_a_stop(under_gdb, tmp_path):
+    """With --unpack and --gdb-on-event, gdb stops at each layer's first instruction, the stop
+    named on its console; stepi there runs the unpacked code; the guest ends as without gdb."""
+    vmm = under_gdb("unpack_three_long", "--unpack", "--dump-dir", str(tmp_path), "--gdb-on-event")
+    output = gdb(vmm, ["continue", "info registers rip", "x/1i $pc", "stepi", "info registers rip",
+                       "continue", "info registers rip", "continue"])
+    assert re.search(r"vmm: unpack layer 1: vCPU 0 runs written code at rip 0x200000 \(gpa 0x200000\), "
+                     r"1 page\(s\) from 0x200000 dumped to layer-1-0x200000\.bin", output), output
+    assert "vmm: unpack layer 2: vCPU 0 runs written code at rip 0x300000" in output, output
+    rips = values(output, "rip")
+    assert rips[0] == 0x200000 and rips[1] != 0x200000 and rips[2] == 0x300000, f"rips {rips}\n{output}"
+    assert_same_as_without_gdb(vmm, "unpack_three_long", "--unpack", "--dump-dir", str(tmp_path / "plain"))
+
+
 def test_monitor_info_registers(under_gdb):
     vmm = under_gdb("hello_long")
     output = gdb(vmm, ["monitor info registers", "monitor pa 0xffff800000000000", "monitor help", "continue"])

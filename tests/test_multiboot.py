@@ -98,6 +98,26 @@ def test_kernel_placed_by_header_address_fields(tmp_path):
     assert result.returncode == (42 << 1) | 1, result.stderr.decode()
 
 
+def test_kernel_over_the_fixed_information_place_gets_it_after_itself(machine):
+    """A kernel loaded at 0x8000-0xa000 covers 0x9000-0x9558, where QEMU writes the memory map
+    and the information structure: they follow the boot loader name instead, and the kernel
+    image stays intact."""
+    body = bytes(range(256)) * 32
+    image = address_kernel(header_addr=0x8000, load_addr=0x8000, entry=0x8020, body=body)
+    vm = machine(mem_size=64 << 20, machine_type="pc")
+    loaders.boot(vm, image, "auto", "kernel", cmdline="x=1")
+    info = vm.vcpus[0].get_regs().rbx
+    kernel_end = 0x8000 + len(image)
+    assert info >= kernel_end, f"information at {info:#x} inside the kernel (ends {kernel_end:#x})"
+    assert vm.memory.read(0x8000, len(image)) == image
+    flags, mem_lower, _, _, cmdline = struct.unpack("<5I", vm.memory.read(info, 20))
+    mmap_length, mmap_addr = struct.unpack("<II", vm.memory.read(info + 44, 8))
+    assert (flags, mem_lower) == (0x24F, 639)
+    assert vm.memory.read_cstring(cmdline, 100) == b"kernel x=1"
+    assert kernel_end <= mmap_addr and mmap_addr + mmap_length <= info
+    assert struct.unpack("<IQQI", vm.memory.read(mmap_addr, 24)) == (20, 0, 0x9FC00, 1)
+
+
 def _bad_checksum():
     image = bytearray(address_kernel())
     image[8] ^= 1
@@ -121,8 +141,8 @@ MALFORMED = {
     "outside-memory": (lambda: address_kernel(header_addr=0xFFFFFE0, load_addr=0xFFFFFE0, entry=0x10000000),
                        "outside guest memory"),
     "entry-outside": (lambda: address_kernel(entry=0x500000), "entry point 0x500000"),
-    "over-boot-information": (lambda: address_kernel(header_addr=0x9000, load_addr=0x9000, entry=0x9020),
-                              "overlaps the multiboot memory map"),
+    "over-vmm-page-tables": (lambda: address_kernel(header_addr=0x2000, load_addr=0x2000, entry=0x2020),
+                             "overlaps the VMM's GDT and page tables"),
     "elf64-kernel": (_elf64_with_header, "must be ELF32"),
     "no-address-not-elf": (lambda: address_kernel(flags=0), "not an ELF32 executable"),
     "address-fields-cut-off": (lambda: address_kernel()[:24], "address fields run past the end"),
@@ -141,7 +161,7 @@ def test_malformed_multiboot_is_one_line_bad_input(case, tmp_path):
 @pytest.mark.parametrize("args, text", [
     (["--format", "multiboot", "guest_images/hello_elf64.elf"], "no multiboot header"),
     (["guest_images/multiboot_long.elf", "--initrd", "/nonexistent/module"], "no such file"),
-    (["guest_images/hello_long.bin", "--initrd", "guest_images/hello_long.bin"], "--initrd needs a multiboot"),
+    (["guest_images/hello_long.bin", "--initrd", "guest_images/hello_long.bin"], "--initrd needs a multiboot or Linux kernel"),
     (["guest_images/multiboot_long.elf", "--mode", "long"], "multiboot kernels start in protected mode"),
     (["guest_images/multiboot_long.elf", "--load-addr", "0x200000"], "--load-addr applies to flat images"),
 ])

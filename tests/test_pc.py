@@ -5,7 +5,7 @@ import pytest
 
 import kvm_abi
 from vmm.devices.fw_cfg import FwCfg, pc_items
-from vmm.devices.pci import EmptyPciHost
+from vmm.devices.pci import PciHost
 from vmm.devices.serial import IER_DLM, IER_THRI, IIR_FCR
 from vmm.errors import BadInput
 from vmm.kvm import exits
@@ -49,12 +49,20 @@ def test_fw_cfg_selecting_restarts_the_item_and_wide_reads_are_little_endian():
     assert device.read(DATA, 4) == int.from_bytes(b"QEMU", "little")
 
 
-def test_pci_config_space_answers_no_device():
-    host = EmptyPciHost()
+def test_pci_bus_holds_only_the_host_bridge():
+    host = PciHost()
     host.write(0, 4, 0x80000000)              # bus 0, device 0, function 0, register 0
     assert host.read(0, 4) == 0x80000000
-    assert host.read(4, 4) == 0xFFFFFFFF      # vendor/device id: no device
-    assert host.read(6, 2) == 0xFFFF
+    assert host.read(4, 4) == 0x12378086      # i440FX: device 1237, vendor 8086
+    host.write(0, 4, 0x80000008)              # revision and class
+    assert (host.read(4, 1), host.read(7, 1), host.read(6, 2)) == (0x02, 0x06, 0x0600)
+    host.write(0, 4, 0x8000000C)
+    assert host.read(6, 1) == 0x00            # header type 0
+    host.write(0, 4, 0x80000800)              # device 1: nothing there
+    assert host.read(4, 4) == 0xFFFFFFFF and host.read(6, 2) == 0xFFFF
+    host.write(4, 4, 0x12345678)              # the host bridge's registers are read-only here
+    host.write(0, 4, 0x80000000)
+    assert host.read(4, 4) == 0x12378086
 
 
 @pytest.mark.kvm
@@ -62,8 +70,8 @@ def test_pc_machine_ports(machine):
     vm = machine(mem_size=32 << 20, vcpus=2, machine_type="pc")
     port_access(vm.ports, 0x510, 2, 0x05)                      # fw_cfg: select the CPU count
     assert port_access(vm.ports, 0x511, 1) == 2
-    port_access(vm.ports, 0xCF8, 4, 0x80000000)                # PCI: bus 0, device 0, register 0
-    assert port_access(vm.ports, 0xCF8, 4) == 0x80000000
+    port_access(vm.ports, 0xCF8, 4, 0x80000800)                # PCI: bus 0, device 1, register 0
+    assert port_access(vm.ports, 0xCF8, 4) == 0x80000800
     assert port_access(vm.ports, 0xCFC, 4) == 0xFFFFFFFF       # no device
     port_access(vm.ports, 0x3FF, 1, 0x5A)                      # COM1's scratch register
     assert port_access(vm.ports, 0x3FF, 1) == 0x5A

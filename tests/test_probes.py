@@ -164,6 +164,18 @@ def test_check_alone(image, check, tmp_path):
         trace_check(image, [r for r in records if r["type"] == "insn"])
 
 
+@pytest.mark.parametrize("check", sorted(SOFTINT))
+def test_watched_a_check_ends_as_it_does_unwatched_even_where_the_host_cannot_run_it(check, tmp_path):
+    """Whatever the host does with INT3, INT n and ICEBP (VT-x and SVM run them; this host may
+    fail to emulate them), the watched run ends the same way: the same lines, the same
+    status (an emulation failure while the vCPUs step is the guest's, not the trap's)."""
+    plain = run_probe("probe_long_softint", tmp_path, only=check)
+    watched = run_probe("probe_long_softint", tmp_path, only=check, watch=True)
+    assert (watched[0], check_lines(watched[1])) == (plain[0], check_lines(plain[1])), (
+        f"unwatched: status {plain[0]}, lines {check_lines(plain[1])}; watched: status {watched[0]}, "
+        f"lines {check_lines(watched[1])}: {watched[2].decode()[-300:]}")
+
+
 RDTSC_REPORTS = {"rdtsc-loop": 4, "rdtsc-cpuid": 5}     # include/probe.inc: REPORT_RDTSC_*
 
 

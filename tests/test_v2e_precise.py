@@ -2,6 +2,7 @@
 way the engine once got it wrong (stale translations, an instruction running into a watched
 page, watched code that waits for another vCPU)."""
 import collections
+import itertools
 
 import pytest
 
@@ -13,33 +14,34 @@ from vmm.v2e import V2E
 pytestmark = pytest.mark.kvm
 
 
-def traced(machine, name, ranges, mode="long", **load):
+@pytest.fixture
+def trace_file(tmp_path):
+    """A new trace path in the test's directory at each call (the directory's traces are
+    checked against the format at teardown)."""
+    paths = (tmp_path / f"trace{number}.jsonl" for number in itertools.count(1))
+    return lambda: str(next(paths))
+
+
+def traced(machine, trace_file, name, ranges, mode="long", **load):
     """Run guest_images/NAME.bin with `ranges` watched; (machine, outcome, records)."""
     vm = machine(mem_size=16 << 20)
     vm.load((GUESTS / f"{name}.bin").read_bytes(), mode=mode, **load)
-    path = vm_trace_path(vm)
+    path = trace_file()
     with V2E(vm, ranges, backend="stock", trace_path=path) as engine:
         outcome = vm.run(timeout=20)
         engine.finish(outcome)
     return vm, outcome, read_trace(path)
 
 
-def vm_trace_path(vm, _counter=[0]):
-    import tempfile
-    import os
-    _counter[0] += 1
-    return os.path.join(tempfile.mkdtemp(prefix="v2e-precise-"), f"trace{_counter[0]}.jsonl")
-
-
 def insns(records):
     return [r for r in records if r["type"] == "insn"]
 
 
-def test_a_remapped_page_is_traced_from_where_it_runs_now(machine):
+def test_a_remapped_page_is_traced_from_where_it_runs_now(machine, trace_file):
     """The watched caller calls linear 0x400000, remaps it to an unwatched page (same CR3,
     INVLPG) and calls it again: the second call runs untraced code from gpa 0x600000, and no
     record claims it came from the watched page."""
-    vm, outcome, records = traced(machine, "v2e_remap", [(0x101000, 0x102000), (0x400000, 0x401000)])
+    vm, outcome, records = traced(machine, trace_file, "v2e_remap", [(0x101000, 0x102000), (0x400000, 0x401000)])
     assert outcome.kind == "done", outcome
     assert [call.args[:2] for call in vm.ucalls.reports] == [(0x22222222, 0x11111111)]
     for record in insns(records):
@@ -55,9 +57,9 @@ def test_a_remapped_page_is_traced_from_where_it_runs_now(machine):
     assert events[0] == ("0x101000", "0x101000") and len(events) == 2, events
 
 
-def test_an_instruction_running_into_a_watched_page_is_recorded_from_its_first_byte(machine):
+def test_an_instruction_running_into_a_watched_page_is_recorded_from_its_first_byte(machine, trace_file):
     """b8 11 22 33 44 at 0x1ffffe runs into the watched page at 0x200000."""
-    vm, outcome, records = traced(machine, "v2e_straddle", [(0x200000, 0x201000)],
+    vm, outcome, records = traced(machine, trace_file, "v2e_straddle", [(0x200000, 0x201000)],
                                   load_addr=0x1ff000, entry=0x1ff000)
     assert outcome.kind == "done", outcome
     assert [call.args[0] for call in vm.ucalls.reports] == [0x44332212]
@@ -67,6 +69,34 @@ def test_an_instruction_running_into_a_watched_page_is_recorded_from_its_first_b
     assert (first["rip"], first["gpa"], first["bytes"], first["regs"]["rax"]) == (
         "0x1ffffe", "0x1ffffe", "b811223344", "0x44332211"), first
     assert [r["rip"] for r in insns(records)] == ["0x1ffffe", "0x200003", "0x200006", "0x200009", "0x20000e"]
+
+
+def test_memory_operands_are_recorded_with_their_linear_address_size_and_bytes_after(machine, trace_file):
+    """Each memory access of guest_images/v2e_memory.s, whatever its addressing form (SIB,
+    RIP-relative, FS base, the stack, a string instruction, across a page boundary), has
+    its linear address, its size and the bytes there after the instruction; lea none."""
+    vm, outcome, records = traced(machine, trace_file, "v2e_memory", [(0x101000, 0x102000)])
+    assert outcome.kind == "done", outcome
+    rsp = int(next(r for r in records if r["type"] == "event")["regs"]["rsp"], 16)
+    rax = 0x0123456789ABCDEF
+    expected = {
+        0x10100A: [(0x30001C, 4, "44332211")],                  # movl $0x11223344, 0x10(%rbx,%rcx,4)
+        0x101012: [(0x101048, 8, rax.to_bytes(8, "little").hex())],   # mov datum(%rip), %rax
+        0x101019: [(0x300108, 4, "88776655")],                  # movl $0x55667788, %fs:8 (FS base 0x300100)
+        0x101025: [(rsp - 8, 8, rax.to_bytes(8, "little").hex())],    # push %rax
+        0x101026: [(rsp - 8, 8, rax.to_bytes(8, "little").hex())],    # pop %rsi
+        0x101027: [],                                            # lea: no access
+        0x10102B: [(rsp - 8, 8, (0x101030).to_bytes(8, "little").hex())],  # call leaf
+        0x101047: [(rsp - 8, 8, (0x101030).to_bytes(8, "little").hex())],  # ret
+        0x10103C: [(0x300FFE, 4, "ddccbbaa")],                  # across 0x301000
+    }
+    recorded = {int(r["rip"], 16): [(int(address, 16), size, data) for address, size, data in r["mem"]]
+                for r in insns(records)}
+    # stosw stores AX as the trace has it before the instruction.
+    ax = next(int(r["regs"]["rax"], 16) for r in insns(records) if int(r["rip"], 16) == 0x101030) & 0xFFFF
+    expected[0x101035] = [(0x300200, 2, ax.to_bytes(2, "little").hex())]
+    wrong = {f"{rip:#x}": (want, recorded.get(rip)) for rip, want in expected.items() if recorded.get(rip) != want}
+    assert not wrong, f"memory operands (expected, recorded): {wrong}"
 
 
 @pytest.mark.parametrize("cpus", [2, 4])
@@ -89,13 +119,14 @@ RDTSC_PROBE_STEPS = 205   # shl, or, mov, mov, 100 x (dec, jnz), rdtsc
 PROBES = {1: "pushf's TF bit", 2: "the guest's own TF: #DB count, return address, DR6", 3: "pushf after mov ss",
           4: "rdtsc delta", 5: "DR0, DR7, DR6", 6: "a DR0 breakpoint: #DB count, return address, DR6",
           7: "#DE: count, return address, pushed TF", 8: "#UD: count, return address, pushed TF",
-          9: "#PF: count, return address, pushed TF"}
+          9: "#PF: count, return address, pushed TF",
+          10: "#GP, its handler dropping the error code first: count, return address, pushed TF"}
 
 
-def transparency_reports(machine, watched, tsc_per_step=None):
+def transparency_reports(machine, trace_file, watched, tsc_per_step=None):
     vm = machine(mem_size=16 << 20)
     vm.load((GUESTS / "v2e_transparency.bin").read_bytes(), mode="long")
-    path = vm_trace_path(vm)
+    path = trace_file()
     records = []
     if watched:
         options = {} if tsc_per_step is None else {"tsc_per_step": tsc_per_step}
@@ -109,29 +140,30 @@ def transparency_reports(machine, watched, tsc_per_step=None):
     return {call.args[0]: call.args[1:] for call in vm.ucalls.reports}, records
 
 
-def test_the_guest_sees_the_same_flags_debug_state_and_exceptions_watched(machine):
+def test_the_guest_sees_the_same_flags_debug_state_and_exceptions_watched(machine, trace_file):
     """pushf, the guest's own TF (one #DB after the right instruction, DR6.BS), the MOV SS
     shadow, DR0-DR7, a DR0 breakpoint on its own code and #DE/#UD/#PF inside watched code
     (with the RFLAGS image the CPU pushed) read the same watched as unwatched."""
-    unwatched, _ = transparency_reports(machine, watched=False)
-    watched, records = transparency_reports(machine, watched=True)
+    unwatched, _ = transparency_reports(machine, trace_file, watched=False)
+    watched, records = transparency_reports(machine, trace_file, watched=True)
     assert unwatched[2][0] == 1 and unwatched[2][2] & 0x4000, f"unwatched, the TF probe saw {unwatched[2]}"
     differing = {f"{number} ({PROBES[number]})": (unwatched[number], watched.get(number))
                  for number in PROBES if number != RDTSC_PROBE and watched.get(number) != unwatched[number]}
     assert not differing, f"watched differs from unwatched (unwatched, watched): {differing}"
     faults = [(r["reason"], r.get("detail")) for r in records if r["type"] == "leave" and r["reason"] == "fault"]
-    assert faults == [("fault", "#DB"), ("fault", "#DB"), ("fault", "#DE"), ("fault", "#UD"), ("fault", "#PF")], faults
+    assert faults == [("fault", "#DB"), ("fault", "#DB"), ("fault", "#DE"), ("fault", "#UD"), ("fault", "#PF"),
+                      ("fault", "#GP")], faults
 
 
 @pytest.mark.parametrize("tsc_per_step", [None, 7])
-def test_traced_instructions_cost_the_guest_tsc_per_step_cycles(machine, tsc_per_step):
-    watched, _ = transparency_reports(machine, watched=True, tsc_per_step=tsc_per_step)
+def test_traced_instructions_cost_the_guest_tsc_per_step_cycles(machine, trace_file, tsc_per_step):
+    watched, _ = transparency_reports(machine, trace_file, watched=True, tsc_per_step=tsc_per_step)
     cycles = 20 if tsc_per_step is None else tsc_per_step
     assert watched[RDTSC_PROBE][0] == RDTSC_PROBE_STEPS * cycles, (
         f"expected {RDTSC_PROBE_STEPS} traced instructions x {cycles} cycles, the guest measured {watched[RDTSC_PROBE][0]}")
 
 
-def test_a_timer_interrupt_reaches_the_guest_handler_and_ends_the_event(machine):
+def test_a_timer_interrupt_reaches_the_guest_handler_and_ends_the_event(machine, trace_file):
     """The in-kernel LAPIC timer fires while watched code spins waiting for it, and wakes a
     watched sti; hlt: the guest's handler runs (and sees no TF in the RFLAGS the CPU pushed),
     each interrupt ends the event, and the return into the watched page is a new event that
@@ -139,7 +171,7 @@ def test_a_timer_interrupt_reaches_the_guest_handler_and_ends_the_event(machine)
     the timer, so more ticks arrive before the loop sees one (README: what watching shows)."""
     vm = machine(mem_size=16 << 20, machine_type="pc")
     vm.load((GUESTS / "v2e_timer.bin").read_bytes(), mode="long")
-    path = vm_trace_path(vm)
+    path = trace_file()
     with V2E(vm, [(0x102000, 0x103000)], backend="stock", trace_path=path) as engine:
         outcome = vm.run(timeout=20)
         engine.finish(outcome)

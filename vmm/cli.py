@@ -3,6 +3,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from . import __doc__ as package_doc
 from . import doctor, loaders
@@ -20,6 +21,7 @@ from .x86 import boot
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in the VMM itself
 MAX_SMP = 64
+ON_REBOOT = ("exit", "restart")
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -86,9 +88,11 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser("run", help="boot a guest image")
-    run.add_argument("image", help="the guest image: a flat binary, a static ELF executable or a multiboot kernel")
+    run.add_argument("image", help="the guest image: a flat binary, a static ELF executable, a multiboot kernel, "
+                                   "a Linux bzImage or an ELF kernel with a PVH entry (vmlinux)")
     run.add_argument("--format", choices=loaders.FORMATS, default="auto",
-                     help="image format (default: auto: multiboot header, else ELF magic, else flat)")
+                     help="image format (default: auto: Linux setup header, else multiboot header, else ELF "
+                          "(pvh with a PVH entry note), else flat)")
     run.add_argument("--mode", choices=boot.MODES,
                      help="CPU mode at entry (default: long; ELF32 protected; multiboot always protected)")
     run.add_argument("--load-addr", type=parse_address, metavar="ADDR",
@@ -99,9 +103,14 @@ def build_parser():
                           "multiboot); bare: RAM and the VMM's ports only (default for flat images)")
     run.add_argument("--smp", type=parse_smp, default=1, metavar="N",
                      help=f"number of vCPUs, 1-{MAX_SMP} (more than one needs --machine pc)")
-    run.add_argument("--append", default="", metavar="CMDLINE", help="multiboot kernel command line")
-    run.add_argument("--initrd", action="append", default=[], metavar="'FILE [ARGS]'",
-                     help="a multiboot module (repeatable, in order)")
+    run.add_argument("--append", default="", metavar="CMDLINE",
+                     help="kernel command line (Linux: as given; multiboot: after the image name)")
+    run.add_argument("--initrd", action="append", default=[], metavar="FILE",
+                     help="Linux: the initial RAM disk (several are concatenated); multiboot: a module "
+                          "'FILE [ARGS]' (repeatable, in order)")
+    run.add_argument("--on-reboot", choices=ON_REBOOT, default="exit",
+                     help="when the guest resets the machine: exit (status 16, default) or restart it "
+                          "(boot the same image again)")
     run.add_argument("--stats", action="store_true", help="print exit statistics on stderr at the end")
     run.add_argument("--stats-json", metavar="PATH", help="write exit statistics as JSON to PATH")
     run.add_argument("--mem", type=parse_size, default=DEFAULT_MEM, metavar="SIZE",
@@ -180,33 +189,56 @@ def command_run(args):
         machine_type = args.machine or ("bare" if image_format == "flat" else "pc")
         if args.smp > 1 and machine_type != "pc":
             raise BadInput("--smp needs --machine pc (the in-kernel LAPICs start the other vCPUs)")
-        modules = loaders.read_modules(args.initrd, args.mem)
-        machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
-                                              kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
-                                              machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
-        loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
-                     args.append, modules)
-        debugger = gdb_cli.attach(machine, args, stack, image)
-        engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
-        unpack_cli.attach(machine, args, stack, image)
-        gdb_cli.start(debugger, engine, stack)
-        exit_stats = None
-        if args.stats or args.stats_json:
-            exit_stats = ExitStats()
-            for loop in machine.loops:
-                exit_stats.attach(loop)
-        outcome = machine.run(args.timeout)
-        if args.stats:
-            print(exit_stats.table(), file=sys.stderr)
-        if stats_json is not None:
-            exit_stats.write_json(stats_json)
-        if outcome.report:
-            print(outcome.report, file=sys.stderr)
-        if outcome.kind not in ("halt", "test-exit", "done") or args.verbose:
-            print(f"vmm: {outcome.message}", file=sys.stderr)
-        if args.verbose:
-            _print_unclaimed(machine)
-        return outcome.exit_status
+        if args.on_reboot == "restart" and (args.watch or args.watch_symbol or args.unpack is not None
+                                            or args.gdb is not None):
+            raise BadInput("--on-reboot restart cannot be combined with --watch, --unpack or --gdb (a restart is "
+                           "a new machine)")
+        if image_format in loaders.KERNEL_FORMATS:
+            modules, initrd = (), loaders.read_initrd(args.initrd, args.mem)
+        else:
+            modules, initrd = loaders.read_modules(args.initrd, args.mem), b""
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        remaining = args.timeout
+        while True:
+            with ExitStack() as run_stack:
+                outcome, machine, exit_stats = _run_once(args, run_stack, image, image_format, machine_type,
+                                                         modules, initrd, output, serial_input, remaining)
+                if outcome.kind == "reboot" and args.on_reboot == "restart":
+                    if args.verbose:
+                        print("vmm: the guest reset the machine: restarting it", file=sys.stderr)
+                    if deadline is not None:
+                        remaining = max(deadline - time.monotonic(), 1e-3)
+                    continue
+                if args.stats:
+                    print(exit_stats.table(), file=sys.stderr)
+                if stats_json is not None:
+                    exit_stats.write_json(stats_json)
+                if outcome.report:
+                    print(outcome.report, file=sys.stderr)
+                if outcome.kind not in ("halt", "test-exit", "done", "poweroff") or args.verbose:
+                    print(f"vmm: {outcome.message}", file=sys.stderr)
+                if args.verbose:
+                    _print_unclaimed(machine)
+                return outcome.exit_status
+
+
+def _run_once(args, stack, image, image_format, machine_type, modules, initrd, output, serial_input, timeout):
+    """Build the machine, load the image, run it; returns (outcome, machine, exit statistics)."""
+    machine = stack.enter_context(Machine(args.mem, output, serial_input, vcpus=args.smp,
+                                          kvm_path=os.environ.get("VMM_KVM_DEVICE", "/dev/kvm"),
+                                          machine_type=machine_type, hide_hypervisor=args.hide_hypervisor))
+    loaders.boot(machine, image, image_format, args.image, args.mode, args.load_addr, args.entry,
+                 args.append, modules, initrd)
+    debugger = gdb_cli.attach(machine, args, stack, image)
+    engine = v2e_cli.attach(machine, args, stack, image, **gdb_cli.v2e_callbacks(debugger))
+    unpack_cli.attach(machine, args, stack, image, **gdb_cli.unpack_callbacks(debugger))
+    gdb_cli.start(debugger, engine, stack)
+    exit_stats = None
+    if args.stats or args.stats_json:
+        exit_stats = ExitStats()
+        for loop in machine.loops:
+            exit_stats.attach(loop)
+    return machine.run(timeout), machine, exit_stats
 
 
 def _raise_terminated(signum, frame):

@@ -14,6 +14,8 @@ prints machine-readable lines (see rootfs/e2e/lib.sh and guest/kvmtest.c):
   E2E-SELFTEST rc=N ...
   E2E-INSTALL step=busy|install|uninstall key=value ... verdict=PASS|FAIL
   E2E-VMM <name> key=value ...   (the harness run inside, see plan files)
+  E2E-PROBE <check> <mode> PASS|FAIL|SKIP: detail   (rootfs/e2e/probes.py)
+  E2E-PROBES passed=N failed=N skipped=N
   E2E-CASE-END name=N rc=0|skip|...
   E2E-DONE rc=...
 
@@ -57,7 +59,7 @@ def parse(path):
             boot = kv(rest)
         elif tag == "E2E-CASE-BEGIN":
             cur = dict(begin=kv(rest), modules={}, tests={}, events=[], errors=[],
-                       skip=False, end=None, vmm={}, rips=None, notes=[],
+                       skip=False, end=None, vmm={}, rips=None, notes=[], probes=[], probe_summary=None,
                        selftest=None, selftest_out=[], install={})
             cases.append(cur)
         elif cur is None:
@@ -83,6 +85,12 @@ def parse(path):
             cur["install"][fields.get("step", "?")] = fields
         elif tag == "E2E-VMM-RIPS":
             cur["rips"] = kv(rest).get("rips", "")
+        elif tag == "E2E-PROBE":
+            check, mode, verdict_detail = (rest.split(" ", 2) + ["", ""])[:3]
+            verdict, _, detail = verdict_detail.partition(": ")
+            cur["probes"].append((check, mode, verdict, detail))
+        elif tag == "E2E-PROBES":
+            cur["probe_summary"] = kv(rest)
         elif tag in ("E2E-NOTE", "E2E-VMM-REFUSED"):
             cur["notes"].append(rest)
         elif tag == "E2E-ERROR":
@@ -244,6 +252,15 @@ def check_case(case, host_ref):
     if "smp" not in case["vmm"] and harness:
         hproblems.append("no harness SMP result")
     hproblems += [e for e in case["errors"] if e.startswith("vmm ")]
+    # The probes run with the patched module (rootfs/e2e/lib.sh): each check watched must
+    # print what it prints unwatched.
+    if patched and harness and case["probe_summary"] is None:
+        hproblems.append("no probe results (E2E-PROBES)")
+    hproblems += [f"probe {check} ({mode}): {detail}" for check, mode, verdict, detail in case["probes"]
+                  if verdict == "FAIL"]
+    skipped = [f"{check} ({mode})" for check, mode, verdict, _ in case["probes"] if verdict == "SKIP"]
+    if skipped:
+        case["notes"].append(f"probes skipped (the unwatched run printed no line): {', '.join(skipped)}")
     kv_ = "PASS" if not problems else "FAIL"
     hv = ("PASS" if not hproblems else "FAIL") if (case["vmm"] or harness) else "-"
     problems += hproblems

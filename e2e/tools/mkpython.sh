@@ -33,7 +33,8 @@ if [ -d "$top/vmm" ]; then
 	set -- "$@" --pkgs "$top:kvm_abi,$top:vmm" --run "-m vmm doctor" \
 		--run "-m vmm run guest_images/packed_long.bin --mode long --watch 0x200000 --backend stock --trace $out/t.jsonl --stats-json $out/s.json" \
 		--run "-m vmm run guest_images/smp.elf --smp 2 --watch-symbol shared_code --backend stock --trace $out/t.jsonl" \
-		--run "$here/../rootfs/e2e/vmmcheck.py --host-ref $out/ref.json"
+		--run "$here/../rootfs/e2e/vmmcheck.py --host-ref $out/ref.json" \
+		--run "$here/../rootfs/e2e/probes.py --backend stock probe_long"
 fi
 (cd "$top" && V2E_TOP=$top PYTHONPATH=$top "$py" "$here/pytrim.py" "$out/modules.txt" "$@")
 "$py" - "$x" "$root" "$out/modules.txt" <<'PYEOF'

@@ -13,6 +13,10 @@
   loop only changes registers: out, dec, jnz).
 - Start-up: wall time and peak RSS of `vmm run` on the hello guests, and of
   QEMU on an equivalent real-mode BIOS image when qemu-system-x86_64 exists.
+- Linux boot: Debian's kernel with a busybox initramfs whose /init prints a line
+  and powers off: wall time from the start of the process to that line and to
+  the process's end, and peak RSS, for `vmm run` (bzImage, and vmlinux through
+  PVH) and QEMU `-kernel` (KVM and TCG), each bounded by --linux-timeout.
 
 Rounds are interleaved and the best of each is kept: other load on the host
 only ever slows a round down. Prints a table; writes JSON.
@@ -232,6 +236,74 @@ def startup(rounds, workdir):
     return results
 
 
+# -- Linux boot --------------------------------------------------------------------
+
+INIT_LINE = b"init: reached userspace"
+
+
+def linux_assets(workdir):
+    """(bzImage, vmlinux, initramfs) for the Linux boot figures."""
+    from tests.linux_assets import Initramfs, busybox, stock_kernel
+    kernel = stock_kernel()
+    image = Initramfs()
+    image.add_busybox(busybox())
+    image.set_init(f"echo {INIT_LINE.decode()}")
+    return kernel.vmlinuz, kernel.vmlinux(), image.write(os.path.join(workdir, "initrd.cpio"))
+
+
+def timed_boot(args, timeout):
+    """Run a boot; returns {seconds_to_init, seconds, peak_rss_bytes, exit_status, last_line}:
+    seconds_to_init is None when /init's line never came, exit_status None on timeout."""
+    start = time.perf_counter()
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    seen = {"init": None, "last": b""}
+
+    def read():
+        for line in process.stdout:
+            if line.strip():
+                seen["last"] = line.strip()
+            if INIT_LINE in line and seen["init"] is None:
+                seen["init"] = time.perf_counter() - start
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = start + timeout
+    status = rss = None
+    while time.perf_counter() < deadline:
+        pid, wait_status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            status, rss = os.waitstatus_to_exitcode(wait_status), usage.ru_maxrss * 1024
+            break
+        time.sleep(0.02)
+    if status is None:
+        os.killpg(process.pid, 9)
+        _, _, usage = os.wait4(process.pid, 0)
+        rss = usage.ru_maxrss * 1024
+    process.returncode = status
+    reader.join(5)
+    return {"seconds_to_init": seen["init"], "seconds": time.perf_counter() - start, "peak_rss_bytes": rss,
+            "exit_status": status, "last_line": seen["last"][-160:].decode(errors="replace")}
+
+
+def linux_boot(timeout, workdir):
+    vmlinuz, vmlinux, initrd = linux_assets(workdir)
+    append = "console=ttyS0 quiet"
+    cases = {
+        "vmm run bzImage": [sys.executable, "-m", "vmm", "run", str(vmlinuz), "--initrd", str(initrd),
+                            "--append", append],
+        "vmm run vmlinux (PVH)": [sys.executable, "-m", "vmm", "run", str(vmlinux), "--initrd", str(initrd),
+                                  "--append", append],
+    }
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu:
+        for accel in ("kvm", "tcg"):
+            cases[f"qemu -accel {accel} -kernel"] = [
+                qemu, "-accel", accel, "-M", "pc", "-m", "128", "-nodefaults", "-display", "none", "-no-reboot",
+                "-serial", "stdio", "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", append]
+    return {name: timed_boot(args, timeout) for name, args in cases.items()}
+
+
 # -- the report --------------------------------------------------------------------
 
 def best_of(rounds, measures):
@@ -248,6 +320,8 @@ def main(argv=None):
     parser.add_argument("--exits", type=int, default=200_000, help="PIO exits per round (default: 200000)")
     parser.add_argument("--steps", type=int, default=50_000, help="single-stepped loop iterations (default: 50000)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, best kept (default: 5)")
+    parser.add_argument("--linux-timeout", type=float, default=180,
+                        help="seconds each Linux boot may take (default: 180; 0 skips the Linux figures)")
     parser.add_argument("--json", default=os.path.join(ROOT, "build", "bench.json"),
                         help="where to write the results (default: build/bench.json, which git ignores)")
     args = parser.parse_args(argv)
@@ -269,6 +343,7 @@ def main(argv=None):
         # The last round's trace: 3 movs, `steps` turns of out, dec, jnz, and the hlt.
         trace_bytes = os.path.getsize(os.path.join(workdir, "trace.jsonl"))
         start = startup(max(args.rounds, 5), workdir)
+        linux = linux_boot(args.linux_timeout, workdir) if args.linux_timeout > 0 else {}
     results = {
         "pio_exits_per_second": pio,
         "pio_ratio_vmm_to_c": pio["vmm"] / pio["c"],
@@ -281,6 +356,7 @@ def main(argv=None):
         "trace_bytes_per_instruction": trace_bytes / (3 * args.steps + 4),
         "single_step_ratio_cffi_floor_to_c": step["cffi_floor"] / step["c"],
         "startup": start,
+        "linux_boot": linux,
         "parameters": {"exits": args.exits, "steps": args.steps, "rounds": args.rounds,
                        "cpus": os.cpu_count(), "load_average": os.getloadavg()},
     }
@@ -298,6 +374,17 @@ def main(argv=None):
     print(f"{'start-up (best of runs)':<44}{'wall s':>12}{'peak RSS MiB':>14}")
     for name, figures in start.items():
         print(f"  {name:<42}{figures['seconds']:>12.3f}{figures['peak_rss_bytes'] / (1 << 20):>14.1f}")
+    if linux:
+        print(f"{'Linux boot (Debian kernel, busybox /init)':<44}{'to /init s':>12}{'total s':>10}{'RSS MiB':>9}"
+              f"{'status':>8}")
+        for name, figures in linux.items():
+            reached = f"{figures['seconds_to_init']:.2f}" if figures["seconds_to_init"] is not None else \
+                f">{args.linux_timeout:g}"
+            status = "timeout" if figures["exit_status"] is None else str(figures["exit_status"])
+            print(f"  {name:<42}{reached:>12}{figures['seconds']:>10.2f}{figures['peak_rss_bytes'] / (1 << 20):>9.1f}"
+                  f"{status:>8}")
+            if figures["seconds_to_init"] is None:
+                print(f"    last line: {figures['last_line']}")
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; JSON in {args.json}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as out:

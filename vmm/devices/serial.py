@@ -1,9 +1,18 @@
-"""A 16550A UART (COM1 at 0x3f8): enough of it for polled and simple interrupt-driven drivers.
+"""A 16550A UART (COM1 at 0x3f8) with its 16-byte receive FIFO and interrupts, enough for
+polled drivers and for Linux's 8250 driver (which probes the FIFO).
 
 Output goes to a binary sink (stdout or a file), flushed at each newline and
-whenever the buffer fills, so a crash or timeout loses nothing already sent.
-Input comes from a file (read as the guest asks) or from stdin (read by a
-helper thread, so the guest never blocks the vCPU).
+whenever the buffer fills, so a crash or timeout loses nothing already sent; a
+transmitted byte leaves at once, so the transmitter is always empty. Input comes
+from a file (read as the guest asks) or from stdin (read by a helper thread, so the
+guest never blocks the vCPU; its arrival raises the receive interrupt). The line sends
+only what the receive FIFO has room for, and only to a receiver that is ready: a guest
+that never enables the receive interrupt (a polling driver) gets input at once; one that
+does gets it from its first interrupt identification (IIR read) with the receive
+interrupt enabled, or RX_READY_DELAY after enabling it if it reads no IIR before its
+first interrupt. Linux's 8250 driver reads the receiver to empty it when it probes the
+port and twice while a program opens it, before that first identification: input that
+came before waits instead of being thrown away, and none is overrun.
 """
 import collections
 import os
@@ -13,6 +22,7 @@ import threading
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
 PORT_COUNT = 8
+FIFO_SIZE = 16
 
 # Register offsets.
 RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -21,10 +31,13 @@ LCR_DLAB = 0x80
 MCR_LOOP = 0x10
 LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
 IER_RDI, IER_THRI = 0x01, 0x02
-IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0xC0
-FCR_FIFO_ENABLE = 0x01
+IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_RX_TIMEOUT, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0x0C, 0xC0
+FCR_FIFO_ENABLE, FCR_CLEAR_RX, FCR_CLEAR_TX = 0x01, 0x02, 0x04
+FCR_TRIGGER_SHIFT = 6
+RX_TRIGGER_LEVELS = (1, 4, 8, 14)
 MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
 
+RX_READY_DELAY = 0.05   # seconds
 FLUSH_THRESHOLD = 4096
 STDIN_QUEUE_LIMIT = 1 << 16
 
@@ -41,6 +54,7 @@ class SerialInput:
         except (AttributeError, OSError, ValueError):
             regular = True  # an in-memory file: read it directly
         self._thread = None
+        self.listener = None   # called (on the reading thread) when input arrives
         if not regular:
             self._thread = threading.Thread(target=self._pump, name="serial-input", daemon=True)
             self._thread.start()
@@ -57,11 +71,18 @@ class SerialInput:
             with self._lock:
                 if len(self._pending) < STDIN_QUEUE_LIMIT:
                     self._pending.extend(chunk)
+            listener = self.listener
+            if listener is not None:
+                listener()
 
     def available(self):
         if self._thread is None and not self._pending:
             self._pending.extend(self._file.read(4096) or b"")
         return bool(self._pending)
+
+    def waiting(self, limit):
+        """How many bytes are ready to be read, counting at most `limit`."""
+        return min(len(self._pending), limit) if self.available() else 0
 
     def pop(self):
         with self._lock:
@@ -73,14 +94,20 @@ class Uart16550:
         self._output = output            # binary file object or None
         self._input = input              # SerialInput or None
         self._irq_line = irq_line        # callable(level) or None
+        self._irq_lock = threading.Lock()
         self._out_buffer = bytearray()
-        self._loopback = collections.deque(maxlen=16)
+        self._loopback = collections.deque(maxlen=FIFO_SIZE)
         self.bytes_written = 0
         self.ier = self.lcr = self.mcr = self.scr = 0
         self.fcr = 0
         self.dll, self.dlm = 0x0C, 0x00  # 9600 baud
         self._thr_interrupt = False
         self._irq_level = 0
+        self._rx_interrupt_used = False   # the guest enabled the receive interrupt once
+        self._rx_ready = False            # ... and then read IIR with it enabled (or waited)
+        self._rx_ready_timer = None
+        if input is not None and irq_line is not None:
+            input.listener = self._update_irq
 
     # -- guest side ----------------------------------------------------------
 
@@ -94,6 +121,8 @@ class Uart16550:
         if offset == IER_DLM:
             return self.dlm if self.lcr & LCR_DLAB else self.ier
         if offset == IIR_FCR:
+            if self.ier & IER_RDI and not self._rx_ready:
+                self._receiver_ready()
             iir = self._pending_interrupt()
             if iir == IIR_THRI:
                 self._thr_interrupt = False
@@ -104,7 +133,7 @@ class Uart16550:
         if offset == MCR:
             return self.mcr
         if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self._has_input() else 0)
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self._input_waiting() else 0)
         if offset == MSR:
             if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
                 return ((self.mcr & 0x01) << 5 | (self.mcr & 0x02) << 3
@@ -133,9 +162,14 @@ class Uart16550:
                 return
             if value & IER_THRI and not self.ier & IER_THRI:
                 self._thr_interrupt = True
+            if value & IER_RDI and not self.ier & IER_RDI:
+                self._rx_interrupt_used = True
+                self._start_rx_ready_timer()
             self.ier = value & 0x0F
         elif offset == IIR_FCR:
-            self.fcr = value
+            if (value ^ self.fcr) & FCR_FIFO_ENABLE or value & FCR_CLEAR_RX:
+                self._loopback.clear()
+            self.fcr = value & ~(FCR_CLEAR_RX | FCR_CLEAR_TX)
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
@@ -147,33 +181,81 @@ class Uart16550:
 
     # -- internals -----------------------------------------------------------
 
-    def _has_input(self):
+    def _rx_level(self):
+        """Bytes in the receive FIFO (one byte of holding register without FIFO mode)."""
         if self.mcr & MCR_LOOP:
-            return bool(self._loopback)
-        return self._input is not None and self._input.available()
+            return len(self._loopback)
+        if not self._line_sends():
+            return 0
+        return self._input.waiting(FIFO_SIZE if self.fcr & FCR_FIFO_ENABLE else 1)
 
     def _receive(self):
         if self.mcr & MCR_LOOP:
             return self._loopback.popleft() if self._loopback else 0
-        if self._input is None:
-            return 0
-        value = self._input.pop()
+        value = self._input.pop() if self._line_sends() else None
         return 0 if value is None else value
 
+    def _input_waiting(self):
+        """Whether a byte is received (safe on any thread)."""
+        if self.mcr & MCR_LOOP:
+            return bool(self._loopback)
+        return self._line_sends() and self._input.available()
+
+    def _receiver_ready(self):
+        """From now on the line sends (see the module's doc)."""
+        self._rx_ready = True
+        self._update_irq()
+
+    def _start_rx_ready_timer(self):
+        if self._rx_ready or self._input is None or self._irq_line is None or self._rx_ready_timer is not None:
+            return
+        self._rx_ready_timer = threading.Timer(RX_READY_DELAY, self._rx_ready_timeout)
+        self._rx_ready_timer.daemon = True
+        self._rx_ready_timer.start()
+
+    def _rx_ready_timeout(self):
+        """The receive interrupt stayed enabled without an identification: the guest waits for
+        its first interrupt. (A probe that enabled it and turned it off again does not.)"""
+        self._rx_ready_timer = None
+        if self.ier & IER_RDI and not self._rx_ready:
+            self._receiver_ready()
+
+    def _line_sends(self):
+        """Whether the line may send: there is input and the receiver is ready for it."""
+        return self._input is not None and (self._rx_ready or not self._rx_interrupt_used)
+
     def _pending_interrupt(self):
-        if self.ier & IER_RDI and self._has_input():
-            return IIR_RDI
+        if self.ier & IER_RDI:
+            received = self._rx_level()
+            if received:
+                if not self.fcr & FCR_FIFO_ENABLE:
+                    return IIR_RDI
+                trigger = RX_TRIGGER_LEVELS[self.fcr >> FCR_TRIGGER_SHIFT & 3]
+                # Below the trigger level a real FIFO interrupts after a character timeout;
+                # input here arrives all at once, so the timeout has passed.
+                return IIR_RDI if received >= trigger else IIR_RX_TIMEOUT
         if self.ier & IER_THRI and self._thr_interrupt:
             return IIR_THRI
         return IIR_NO_INT
 
     def _update_irq(self):
+        """Set the interrupt line to whether an enabled interrupt is pending; called by the
+        vCPU after each access and by the input thread when input arrives."""
         if self._irq_line is None:
             return
-        level = 0 if self._pending_interrupt() == IIR_NO_INT else 1
-        if level != self._irq_level:
-            self._irq_level = level
-            self._irq_line(level)
+        with self._irq_lock:
+            level = int(bool(self.ier & IER_RDI and self._input_waiting()
+                             or self.ier & IER_THRI and self._thr_interrupt))
+            if level != self._irq_level:
+                self._irq_level = level
+                self._irq_line(level)
+
+    def close(self):
+        """Stop the receiver's timer (the interrupt line goes away with the VM)."""
+        timer, self._rx_ready_timer = self._rx_ready_timer, None
+        self._irq_line = None
+        if timer is not None:
+            timer.cancel()
 
     def flush(self):
         if self._out_buffer and self._output is not None:

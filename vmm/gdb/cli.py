@@ -25,7 +25,8 @@ def add_run_options(run):
     group.add_argument("--gdb-wait", action="store_true",
                        help="hold every vCPU at its first instruction until gdb continues")
     group.add_argument("--gdb-on-event", action="store_true",
-                       help="stop into gdb at each V2E event (with --watch or `monitor v2e watch`)")
+                       help="stop into gdb at each V2E event (with --watch or `monitor v2e watch`) and each "
+                            "unpacking layer (with --unpack)")
 
 
 class Debugger:
@@ -56,6 +57,9 @@ class Debugger:
 
     def _on_event(self, event):
         self.controller.on_event(event, self._stop_on_events)
+
+    def on_layer(self, vcpu, record):
+        self.controller.on_layer(vcpu, record, self._stop_on_events)
 
     @property
     def v2e_callbacks(self):
@@ -105,6 +109,11 @@ def attach(machine, args, stack, image):
 def v2e_callbacks(debugger):
     """What the V2E engine of the command line calls, so the stub sees its events."""
     return {} if debugger is None else debugger.v2e_callbacks
+
+
+def unpack_callbacks(debugger):
+    """What the unpacking engine of the command line calls, so the stub sees its layers."""
+    return {} if debugger is None else {"on_layer": debugger.on_layer}
 
 
 def start(debugger, engine, stack):

@@ -335,6 +335,21 @@ class Controller:
         reason = "" if breakpoint is None else "swbreak" if breakpoint.kind == SOFTWARE else "hwbreak"
         self._stop_in_place(vcpu, lambda: Stop(vcpu.id, reason=reason, message=message))
 
+    def on_layer(self, vcpu, record, stop_on_events):
+        """An unpacking layer (written code about to run on vcpu): a stop with --gdb-on-event or
+        at a breakpoint on its first instruction."""
+        if not self.attached:
+            return
+        breakpoint = self.table.execution_at(code_segment(vcpu.get_sregs()).linear(int(record["entry"]["rip"], 16)))
+        if not stop_on_events and breakpoint is None:
+            return
+        entry, region = record["entry"], record["region"]
+        message = (f"vmm: unpack layer {record['layer']}: vCPU {vcpu.id} runs written code at rip {entry['rip']} "
+                   f"(gpa {entry['gpa']}), {region['size'] // 4096} page(s) from {region['gpa']} dumped to "
+                   f"{region['file']}\n")
+        reason = "" if breakpoint is None else "swbreak" if breakpoint.kind == SOFTWARE else "hwbreak"
+        self._stop_in_place(vcpu, lambda: Stop(vcpu.id, reason=reason, message=message))
+
     def on_step(self, vcpu_id, values):
         """Any instruction a V2E stepper ran (every vCPU is stepped while V2E's trap is off):
         a watched value changed, gdb's own step ends there, or a breakpoint in watched code is

@@ -87,6 +87,12 @@ class Vcpu(libc.FileDescriptor):
             raise KvmError("KVM_RUN", error)
         return _decode(self.run_struct, self._view, self._io, self._debug)
 
+    def complete_pending_io(self):
+        """KVM_RUN with immediate_exit set: KVM finishes the I/O or MMIO access of the last exit
+        and returns without running the guest, so userspace can change the vCPU's state."""
+        self.run_struct.immediate_exit = 1
+        self.run()
+
     def mapping_page(self, page_offset):
         """A view of one page of the vCPU's mapping (page 0 is kvm_run; KVM puts the PIO data
         and the coalesced MMIO ring on the pages its capabilities name)."""

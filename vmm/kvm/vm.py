@@ -36,6 +36,23 @@ class Vm(libc.FileDescriptor):
     def create_pit2(self, flags=0):
         libc.ioctl(self.fd, kvm_abi.KVM_CREATE_PIT2, libc.ffi.new("struct kvm_pit_config *", {"flags": flags}))
 
+    def get_irqchip(self, chip_id):
+        """KVM_GET_IRQCHIP: the state of one in-kernel interrupt controller (PIC master or slave)."""
+        chip = libc.ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip):
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self):
+        state = libc.ffi.new("struct kvm_pit_state2 *")
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state):
+        libc.ioctl(self.fd, kvm_abi.KVM_SET_PIT2, state)
+
     def irq_line(self, irq, level):
         libc.ioctl(self.fd, kvm_abi.KVM_IRQ_LINE, libc.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
 

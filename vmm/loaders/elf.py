@@ -248,3 +248,50 @@ def symbols(image, name="the image"):
     if not any(section[0] == SHT_SYMTAB for section in sections):
         raise BadInput(f"{name}: no symbol table (a stripped file?)")
     return found
+
+
+PT_NOTE = 4
+_NOTE_HEADER = struct.Struct("<III")   # namesz, descsz, type (the same in ELF32 and ELF64)
+
+
+def _align4(value):
+    return (value + 3) & ~3
+
+
+def notes(image, name="the image"):
+    """(owner, type, descriptor) of every note in the PT_NOTE segments of an ELF file that
+    parse() accepted; owner without its NUL. Every size read from the file is checked."""
+    header_format, phdr_format, _, _ = _LAYOUTS[image[4]]
+    fields = struct.unpack_from(header_format, image, _IDENT_SIZE)
+    e_phoff, e_phentsize, e_phnum = fields[4], fields[8], fields[9]
+    found = []
+    for entry in _header_table(image, e_phoff, e_phnum, e_phentsize, phdr_format, "program", name):
+        p_type, p_offset, p_filesz = (entry[0], entry[1], entry[4]) if image[4] == ELFCLASS32 else \
+            (entry[0], entry[2], entry[5])
+        if p_type != PT_NOTE:
+            continue
+        end = p_offset + p_filesz
+        if end > len(image):
+            raise BadInput(f"{name}: truncated: note segment {p_offset:#x}+{p_filesz:#x} runs past "
+                           f"the end of the {len(image)}-byte file")
+        at = p_offset
+        while at + _NOTE_HEADER.size <= end:
+            namesz, descsz, note_type = _NOTE_HEADER.unpack_from(image, at)
+            owner_at = at + _NOTE_HEADER.size
+            desc_at = owner_at + _align4(namesz)
+            next_at = desc_at + _align4(descsz)
+            if desc_at + descsz > end:
+                raise BadInput(f"{name}: malformed note at offset {at:#x}: its name and descriptor "
+                               f"({namesz} + {descsz} bytes) run past its segment")
+            found.append((image[owner_at:owner_at + namesz].rstrip(b"\0"), note_type,
+                          image[desc_at:desc_at + descsz]))
+            at = next_at
+    return found
+
+
+def find_note(image, owner, note_type, name="the image"):
+    """The descriptor of the first note with this owner (bytes) and type, or None."""
+    for note_owner, found_type, descriptor in notes(image, name):
+        if note_owner == owner and found_type == note_type:
+            return descriptor
+    return None

@@ -4,8 +4,10 @@ The header sits in the first 8 KiB; the kernel is placed by its ELF program
 headers or, when header flag bit 16 is set, by the header's address fields.
 As in QEMU, the module list, the command lines and the boot loader name follow
 the kernel (page aligned), the modules follow them (each page aligned), the
-memory map is at 0x9000 and the information structure at 0x9500. The kernel
-enters in 32-bit protected mode, paging off, EAX = 0x2BADB002, EBX = 0x9500.
+memory map is at 0x9000 and the information structure at 0x9500. A kernel that
+loads over 0x9000-0x9558 gets both after its boot loader name instead, so they
+are never where the image is. The kernel enters in 32-bit protected mode, paging
+off, EAX = 0x2BADB002, EBX = the information structure (0x9500).
 """
 import struct
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from ..errors import BadInput
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from . import elf as elf_loader
+from .platform import LIMIT_32 as _LIMIT_32
+from .platform import LOW_MEMORY_END, Boot, memory_map
 
 HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002
@@ -31,14 +35,7 @@ INFO_MEMORY, INFO_BOOT_DEVICE, INFO_CMDLINE, INFO_MODS, INFO_MMAP, INFO_BOOTLOAD
     1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 6, 1 << 9)
 INFO_FLAGS = INFO_MEMORY | INFO_BOOT_DEVICE | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_BOOTLOADER
 
-# The conventional PC memory map below 1 MiB (640 KiB minus the 1 KiB EBDA;
-# the BIOS area), as a PC firmware reports it through E820.
-LOW_MEMORY_END = 0x9FC00
-BIOS_AREA = (0xF0000, 0x100000)
-E820_RAM, E820_RESERVED = 1, 2
 MMAP_ENTRY = struct.Struct("<IQQI")   # size (20, not counting itself), base, length, type
-
-_LIMIT_32 = 1 << 32
 
 
 def _page_align(value):
@@ -87,14 +84,6 @@ class Module:
 
     data: bytes
     string: bytes
-
-
-@dataclass(slots=True, frozen=True)
-class Boot:
-    """Where the kernel enters, with the registers multiboot defines."""
-
-    entry: int
-    regs: dict
 
 
 def _address_layout(image, header, name):
@@ -158,11 +147,14 @@ def prepare(image, memory_size, name, program_name, cmdline, modules, reserved):
     high = max(s.end for s in segments)
     if high > _LIMIT_32:
         raise BadInput(f"{name}: multiboot kernel ends at {high:#x}, above 4 GiB")
-    boot_structures = [(MMAP_ADDR, INFO_ADDR + INFO_SIZE, "the multiboot memory map and information")]
-    elf_loader.check_clear_of(elf_loader.ElfImage(32, entry, segments),
-                              list(reserved) + boot_structures, name)
+    fixed_structures = (MMAP_ADDR, INFO_ADDR + INFO_SIZE)
+    elf_loader.check_clear_of(elf_loader.ElfImage(32, entry, segments), reserved, name)
+    # QEMU's fixed place for the memory map and information, unless the kernel is there.
+    at_fixed_place = not any(s.paddr < fixed_structures[1] and fixed_structures[0] < s.end for s in segments)
+    memory_map = _memory_map(memory_size)
 
-    # After the kernel: module list, module strings and command line, boot loader name.
+    # After the kernel: module list, module strings and command line, boot loader name,
+    # then (when the kernel covers their fixed place) the memory map and the information.
     info_base = low + _page_align(high - low)
     strings = [module.string for module in modules]
     strings.append(f"{program_name} {cmdline}".encode())
@@ -173,6 +165,12 @@ def prepare(image, memory_size, name, program_name, cmdline, modules, reserved):
         cursor += len(text) + 1
     bootloader_addr = cursor
     cursor += len(BOOTLOADER_NAME) + 1
+    if at_fixed_place:
+        mmap_addr, info_addr = MMAP_ADDR, INFO_ADDR
+    else:
+        mmap_addr = (cursor + 7) & ~7
+        info_addr = mmap_addr + len(memory_map)
+        cursor = info_addr + INFO_SIZE
     module_addr = info_base + _page_align(cursor - info_base)
     module_list = bytearray()
     module_writes = []
@@ -181,7 +179,10 @@ def prepare(image, memory_size, name, program_name, cmdline, modules, reserved):
         module_writes.append((module_addr, module.data))
         module_addr = _page_align(module_addr + len(module.data))
     end = module_addr
-    for start, stop, what in list(reserved) + boot_structures:
+    occupied = list(reserved)
+    if at_fixed_place:
+        occupied.append((*fixed_structures, "the multiboot memory map and information"))
+    for start, stop, what in occupied:
         if info_base < stop and start < end:
             raise BadInput(f"{name}: the multiboot information at {info_base:#x}-{end:#x} would overlap "
                            f"{what} at {start:#x}-{stop:#x}")
@@ -190,24 +191,18 @@ def prepare(image, memory_size, name, program_name, cmdline, modules, reserved):
                        f"{end:#x}, the guest has {memory_size:#x} bytes")
 
     string_block = b"".join(text + b"\0" for text in strings) + BOOTLOADER_NAME + b"\0"
-    memory_map = _memory_map(memory_size)
     info = struct.pack("<IIIIIII16xIII8xI20x",
                        INFO_FLAGS, LOW_MEMORY_END >> 10, max(0, min(memory_size, _LIMIT_32) - 0x100000) >> 10,
                        BOOT_DEVICE, string_addrs[-1], len(modules), info_base,
-                       len(memory_map), MMAP_ADDR, 0, bootloader_addr)
+                       len(memory_map), mmap_addr, 0, bootloader_addr)
     assert len(info) == INFO_SIZE
     writes = [(segment.paddr, segment) for segment in segments]
     writes += [(info_base, bytes(module_list)), (string_base, string_block),
-               (MMAP_ADDR, memory_map), (INFO_ADDR, info)]
+               (mmap_addr, memory_map), (info_addr, info)]
     writes += module_writes
-    return writes, Boot(entry, {"rax": BOOT_MAGIC, "rbx": INFO_ADDR})
+    return writes, Boot(entry, {"rax": BOOT_MAGIC, "rbx": info_addr})
 
 
 def _memory_map(memory_size):
-    ram_top = min(memory_size, _LIMIT_32)
-    entries = [(0, min(ram_top, LOW_MEMORY_END), E820_RAM),
-               (LOW_MEMORY_END, 0xA0000 - LOW_MEMORY_END, E820_RESERVED),
-               (BIOS_AREA[0], BIOS_AREA[1] - BIOS_AREA[0], E820_RESERVED)]
-    if ram_top > 0x100000:
-        entries.append((0x100000, ram_top - 0x100000, E820_RAM))
-    return b"".join(MMAP_ENTRY.pack(MMAP_ENTRY.size - 4, base, length, kind) for base, length, kind in entries)
+    return b"".join(MMAP_ENTRY.pack(MMAP_ENTRY.size - 4, base, length, kind)
+                    for base, length, kind in memory_map(memory_size))

@@ -5,6 +5,7 @@ import threading
 import time
 
 from ..devices.bus import MmioBus, PortBus, SerializedDevice
+from ..devices import acpi_pm
 from ..devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
 from ..devices.serial import COM1_BASE, PORT_COUNT, Uart16550
 from ..devices.ucall import UCALL_PORT, UcallPort
@@ -13,14 +14,16 @@ from ..kvm import Kvm, install_kick_handler, kick_handler_installed
 from ..loaders import flat
 from ..x86 import boot, cpuid
 from ..x86.paging import PAGE_SIZE
-from . import pc
+from . import acpi, pc
 from .memory import GuestMemory
-from .outcome import Outcome, guest_assert, interrupted, kvm_error, timed_out
+from .outcome import (Outcome, guest_assert, interrupted, kvm_error, panicked, powered_off, reset, suspended,
+                      timed_out)
 from .pause import PauseGate
 from .runloop import RunLoop
 
 DEFAULT_MEM = 128 << 20
 MAX_MEM = 3 << 30      # RAM stays below the 32-bit MMIO hole
+PC_MIN_MEM = 1 << 20   # the PC's ACPI tables live in the BIOS area, below 1 MiB
 
 
 class Terminated(BaseException):
@@ -54,6 +57,8 @@ class Machine:
         if not 0 < mem_size <= MAX_MEM or mem_size % PAGE_SIZE:
             raise BadInput(f"guest memory of {mem_size} bytes: must be a multiple of 4 KiB "
                            f"between 4 KiB and {MAX_MEM >> 30} GiB")
+        if machine_type == "pc" and mem_size < PC_MIN_MEM:
+            raise BadInput(f"guest memory of {mem_size} bytes: the pc machine needs at least 1 MiB")
         self.outcome = None
         self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
@@ -72,12 +77,19 @@ class Machine:
             self.serial = Uart16550(serial_output, serial_input,
                                     pc.serial_irq(self.vm) if machine_type == "pc" else None)
             self._resources.callback(self.serial.flush)
+            self._resources.callback(self.serial.close)
             self.ports.register(self.serial if vcpus == 1 else SerializedDevice(self.serial), COM1_BASE, PORT_COUNT)
             self.ports.register(DebugExit(self._test_exit), DEFAULT_IOBASE, DEFAULT_IOSIZE)
             self.ucalls = UcallPort(self.memory, self._guest_assert, self._guest_done, self._bad_ucall)
             self.ports.register(self.ucalls, UCALL_PORT, 4)
+            self.firmware_areas = []    # what the VMM wrote that images must not cover
+            self.acpi_rsdp = None
+            self.pc_devices = None
             if machine_type == "pc":
-                pc.add_devices(self.ports, mem_size, vcpus)
+                self.pc_devices = pc.add_devices(self.ports, self.memory, mem_size, vcpus,
+                                                 self._reset, self._sleep, self._panic)
+                self.firmware_areas = self.pc_devices.firmware_areas + pc.set_legacy_state(self.vm, self.memory)
+                self.acpi_rsdp = acpi.RSDP_ADDR
             self.vcpus = []
             for vcpu_id in range(vcpus):
                 self.vcpus.append(self._resources.enter_context(self.vm.create_vcpu(vcpu_id)))
@@ -133,15 +145,25 @@ class Machine:
         return self.pause_gate.pause(exempt, lambda vcpu_id: self.vcpus[vcpu_id].kick(), caller)
 
     def run(self, timeout=None):
-        """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock."""
+        """Run every vCPU on its own thread until an outcome; the caller's thread keeps the clock.
+        A guest that suspends to RAM (ACPI S3) sleeps here until its wake-up, then resumes."""
         if threading.current_thread() is threading.main_thread():
             install_kick_handler()
         elif not kick_handler_installed():
             raise VmmError("Machine.run() off the main thread needs vmm.kvm.install_kick_handler() "
                            "called on the main thread first (timeouts must be able to interrupt KVM_RUN)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._run_vcpus(deadline, timeout)
+            if self.outcome.kind != "suspend" or not self._sleep_until_wake(deadline, timeout):
+                return self.outcome
+            self._resume()
+            if self.outcome is not None:
+                return self.outcome
+
+    def _run_vcpus(self, deadline, timeout):
         errors = []
         threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for thread in threads:
                 thread.start()
@@ -161,7 +183,43 @@ class Machine:
             self._join_vcpus(threads)
         if errors:
             raise errors[0]
-        return self.outcome
+
+    def _sleep_until_wake(self, deadline, timeout):
+        """Sleep in S3 until the RTC alarm (when the guest enabled it as a wake-up event);
+        False when the run ends first (timeout, signal)."""
+        wake_at = None
+        power = self.pc_devices.power
+        if power.enable & acpi_pm.RTC_EN:
+            wake_at = self.pc_devices.rtc.next_alarm()
+        try:
+            while wake_at is None or time.time() < wake_at:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.outcome = timed_out(timeout)
+                    return False
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            self.outcome = interrupted("SIGINT")
+            return False
+        except Terminated:
+            self.outcome = interrupted("SIGTERM")
+            return False
+        power.woke(acpi_pm.RTC_STS)
+        return True
+
+    def _resume(self):
+        """Wake from S3 as firmware does: vCPU 0 starts in real mode at the FACS waking vector,
+        the others wait for INIT/SIPI again. Without a waking vector firmware would boot
+        afresh: the run ends as a reset."""
+        vector = self.pc_devices.waking_vector(self.memory)
+        if not vector:
+            self.outcome = reset()
+            return
+        for vcpu in self.vcpus:
+            vcpu.complete_pending_io()   # the sleep request's port write, before the state changes
+        boot.setup_real_mode_at(self.vcpus[0], vector >> 4, vector & 0xF)
+        pc.hold_application_processors(self.vcpus)
+        with self._outcome_lock:
+            self.outcome = None
 
     def _join_vcpus(self, threads):
         """Stop and join every vCPU thread; a second SIGINT or SIGTERM must not abandon them
@@ -204,6 +262,15 @@ class Machine:
 
     def _bad_ucall(self, why):
         self.stop(guest_assert(f"malformed ucall: {why}"))
+
+    def _reset(self):
+        self.stop(reset())
+
+    def _panic(self):
+        self.stop(panicked())
+
+    def _sleep(self, state):
+        self.stop(powered_off() if state == 5 else suspended())
 
     # -- lifetime ------------------------------------------------------------
 

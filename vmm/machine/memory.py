@@ -56,7 +56,8 @@ class GuestMemory:
         self.regions = []
         self._runs = []            # [start, end, state, slot number or None], sorted, covering RAM
         self._starts = []          # the runs' starts, for bisect
-        self._free_slots = list(range(MAX_SLOTS - 1, -1, -1))
+        self._free_slots = []      # slot numbers given back, taken again first
+        self._unused_slot = 0      # the lowest slot number never taken
 
     # -- layout --------------------------------------------------------------
 
@@ -167,14 +168,20 @@ class GuestMemory:
         for start, end, state in runs:
             slot = kept.get((start, end, state))
             if slot is None and state != UNMAPPED:
-                if not self._free_slots:
-                    raise GuestMemoryError(f"more than {MAX_SLOTS} memslots needed")
-                slot = self._free_slots.pop()
+                slot = self._take_slot()
                 flags = abi.KVM_MEM_READONLY if state == READONLY else 0
                 self._vm.set_user_memory_region(slot, start, end - start, self._host(start), flags)
             new.append((start, end, state, slot))
         self._runs[first:stop] = new
         self._starts[first:stop] = [run[0] for run in new]
+
+    def _take_slot(self):
+        if self._free_slots:
+            return self._free_slots.pop()
+        if self._unused_slot == MAX_SLOTS:
+            raise GuestMemoryError(f"more than {MAX_SLOTS} memslots needed")
+        self._unused_slot += 1
+        return self._unused_slot - 1
 
     # -- access --------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """How a run ends: an Outcome, and the constructors for the VMM's own ways of ending."""
 from dataclasses import dataclass
 
-from ..errors import (EXIT_GUEST_ASSERT, EXIT_INTERRUPTED, EXIT_KVM_ERROR, EXIT_OK, EXIT_TERMINATED,
-                      EXIT_TIMEOUT)
+from ..errors import (EXIT_GUEST_ASSERT, EXIT_GUEST_PANIC, EXIT_INTERRUPTED, EXIT_KVM_ERROR, EXIT_OK,
+                      EXIT_REBOOT, EXIT_TERMINATED, EXIT_TIMEOUT)
 
 
 @dataclass(slots=True)
@@ -18,6 +18,23 @@ class Outcome:
 
 def halted():
     return Outcome("halt", EXIT_OK, "the guest halted")
+
+
+def powered_off():
+    return Outcome("poweroff", EXIT_OK, "the guest powered off (ACPI S5)")
+
+
+def reset():
+    return Outcome("reboot", EXIT_REBOOT, "the guest reset the machine (reboot)")
+
+
+def panicked():
+    return Outcome("panic", EXIT_GUEST_PANIC, "the guest kernel panicked (pvpanic)")
+
+
+def suspended():
+    """Not an end: the machine sleeps in S3 until a wake-up event, then resumes."""
+    return Outcome("suspend", EXIT_OK, "the guest suspended to RAM (ACPI S3)")
 
 
 def timed_out(seconds):

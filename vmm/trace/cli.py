@@ -7,7 +7,7 @@ import sys
 
 from ..errors import BadInput
 from ..x86.registers import GENERAL_REGISTERS
-from .format import SYNTAXES
+from .format import IGNORE_MEMORY_BYTES, SYNTAXES
 
 EXIT_DIVERGED = 1
 
@@ -84,8 +84,9 @@ def add_trace_command(commands):
     diff.add_argument("b", help="another trace file of the same guest")
     diff.add_argument("--context", type=positive_int, default=3, metavar="N",
                       help="equal instructions shown before the divergence (default: 3)")
-    diff.add_argument("--ignore", action="append", default=[], choices=GENERAL_REGISTERS, metavar="REGISTER",
-                      help="leave a register out of the comparison (repeatable)")
+    diff.add_argument("--ignore", action="append", default=[], choices=GENERAL_REGISTERS + (IGNORE_MEMORY_BYTES,),
+                      metavar="REGISTER", help="leave a register out of the comparison, or with `mem` the bytes of "
+                      "memory operands (repeatable)")
     _add_disassembly_options(diff)
     diff.set_defaults(handler=command_diff)
 

@@ -13,6 +13,7 @@ from operator import itemgetter
 
 from ..errors import BadInput
 from ..x86.registers import GENERAL_REGISTERS
+from .format import IGNORE_MEMORY_BYTES
 from .reader import Insn, Leave, Summary
 from .show import insn_line, memory_text, ranges_text
 
@@ -74,6 +75,7 @@ def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore
     if a.header.image_sha256 and b.header.image_sha256 and a.header.image_sha256 != b.header.image_sha256:
         write("note: the traces name different images (their sha256 differ)\n")
     kept = [index for index, name in enumerate(GENERAL_REGISTERS) if name not in ignore]
+    memory = _memory_compared(ignore)
     registers = itemgetter(*kept) if len(kept) != len(GENERAL_REGISTERS) else None
     # Per vCPU: the instructions one side has read that the other has not yet, and the last
     # equal ones (for context); and how many were compared.
@@ -103,7 +105,7 @@ def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore
             first = other.popleft()
             held -= 1
             pair = (first, insn) if side == 1 else (insn, first)
-            if _differs(*pair, registers):
+            if _differs(*pair, registers, memory):
                 _report(write, (a, pair[0]), (b, pair[1]), compared.get(vcpu, 0), ranges,
                         recent.get(vcpu, ()), disassembler, symbols, ignore)
                 return True
@@ -121,12 +123,20 @@ def compare(write, side_a, side_b, disassembler, symbols=None, context=3, ignore
     return False
 
 
-def _differs(a, b, registers):
+def _memory_compared(ignore):
+    """What of the memory operands is compared: all of them, or (with `--ignore mem`) their
+    addresses and sizes, not the bytes there."""
+    if IGNORE_MEMORY_BYTES in ignore:
+        return lambda memory: [(address, size) for address, size, _ in memory]
+    return lambda memory: memory
+
+
+def _differs(a, b, registers, memory):
     if a.rip != b.rip or a.code != b.code:
         return True
     if (a.regs != b.regs) if registers is None else (registers(a.regs) != registers(b.regs)):
         return True
-    return bool(a.memory and b.memory and a.memory != b.memory)
+    return bool(a.memory and b.memory and memory(a.memory) != memory(b.memory))
 
 
 def _where(side, insn):
@@ -173,7 +183,8 @@ def _differences(a, b, ignore):
     found = [f"{name} (A {value_a:#x}, B {value_b:#x})"
              for name, value_a, value_b in zip(GENERAL_REGISTERS, a.regs, b.regs)
              if value_a != value_b and name not in ignore]
-    if a.memory and b.memory and a.memory != b.memory:
+    memory = _memory_compared(ignore)
+    if a.memory and b.memory and memory(a.memory) != memory(b.memory):
         found.append(f"memory operands (A {memory_text(a.memory)}, B {memory_text(b.memory)})")
     return found
 

@@ -34,3 +34,8 @@ def hex_or_none(value):
 
 def plural(count, noun):
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# `vmm trace diff --ignore mem`: the bytes of memory operands are left out (shared data that
+# other vCPUs write), their addresses and sizes still compared.
+IGNORE_MEMORY_BYTES = "mem"

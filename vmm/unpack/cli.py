@@ -38,9 +38,10 @@ def add_run_options(run):
                        help="trace each layer from its entry until it leaves its region (V2E), into --trace")
 
 
-def attach(machine, args, stack, image):
+def attach(machine, args, stack, image, on_layer=None):
     """Start the unpacker when --unpack was given (the machine loaded with `image`); the stack
-    prints its summary at the end."""
+    prints its summary at the end. on_layer(vcpu, record): also told of each layer (after its
+    line is printed), on the vCPU's thread."""
     if args.unpack is None:
         if args.dump_dir:
             raise BadInput("--dump-dir needs --unpack")
@@ -57,10 +58,17 @@ def attach(machine, args, stack, image):
                      tsc_per_step=args.tsc_per_step, image_path=os.path.abspath(args.image), image=image)
         stack.callback(tracer.close)
     unpacker = Unpacker(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
-                        on_layer=lambda record: _layer_line(record, args.max_layers), tracer=tracer,
+                        on_layer=lambda vcpu, record: _on_layer(vcpu, record, args.max_layers, on_layer),
+                        tracer=tracer,
                         trace_layers=args.trace_layers)
     stack.callback(_close, unpacker)
     return unpacker
+
+
+def _on_layer(vcpu, record, max_layers, then):
+    _layer_line(record, max_layers)
+    if then is not None:
+        then(vcpu, record)
 
 
 def _layer_line(record, max_layers):

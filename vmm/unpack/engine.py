@@ -45,7 +45,8 @@ class DumpError(OutputError):
 
 class Unpacker:
     """Track guest-physical ranges of a machine (default: all RAM but the VMM's own GDT and page
-    tables) and report every layer. on_layer(record) sees each layer's record (a dict)."""
+    tables) and report every layer. on_layer(vcpu, record) sees each layer's record (a dict)
+    on the vCPU's thread, the vCPU about to execute the layer's first instruction."""
 
     def __init__(self, machine, dump_dir, ranges=None, backend="auto", max_layers=DEFAULT_MAX_LAYERS,
                  on_layer=None, tracer=None, trace_layers=False):
@@ -166,7 +167,10 @@ class Unpacker:
         if target is None:
             interception.pass_on(exit)
             return
-        # Outside the lock: tracing pauses the other vCPUs, which may be waiting for it.
+        # Outside the lock: tracing pauses the other vCPUs, which may be waiting for it, and a
+        # debugger may hold this vCPU in on_layer.
+        if self.on_layer:
+            self.on_layer(vcpu, record)
         if self.tracer is not None:
             self.tracer.annotate(dict(record, type="layer"))
             if self.trace_layers and self.active:
@@ -231,8 +235,6 @@ class Unpacker:
                           (json.dumps(record, indent=2) + "\n").encode())
         self._written_since_layer.clear()
         self._clean(region)
-        if self.on_layer:
-            self.on_layer(record)
         return record, region
 
     def _stop_tracking(self):

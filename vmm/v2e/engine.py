@@ -56,8 +56,8 @@ class CallbackRecorder:
     def event(self, event, decision, pages):
         pass
 
-    def instruction(self, event, index, rip, gpa, code, values):
-        return self._on_instruction(Step(event, index, rip, gpa, code, values))
+    def instruction(self, event, index, rip, gpa, code, values, memory=()):
+        return self._on_instruction(Step(event, index, rip, gpa, code, values, tuple(memory)))
 
     def leave(self, event, reason, rip, instructions, steps, detail=None):
         pass
@@ -161,6 +161,11 @@ class V2E:
 
     def _on_trap(self, loop, interception, exit):
         vcpu = loop.vcpu
+        stepper = self._policy.stepper_of(vcpu.id)
+        if stepper is not None and stepper.exit_while_stepping:
+            # The trap is off while the vCPUs step: this is the guest's own emulation failure.
+            interception.pass_on(exit)
+            return
         values, sregs = vcpu.register_reader(False)(), vcpu.get_sregs()
         target = self.backend.fetch_target(exit, vcpu, values[RIP], sregs)
         if target is None:
@@ -216,13 +221,14 @@ class V2E:
             self._stop_guest(event)
             stepper.end(stepper.rip, "analysis-stop")
 
-    def instruction(self, stepper, values):
-        """A recorded instruction (values: the registers after it): hand it to the recorders,
-        get the analysis's word on it, apply the budget; False when the trace has ended."""
+    def instruction(self, stepper, values, memory):
+        """A recorded instruction (values: the registers after it; memory: its memory operands
+        as (linear address, size, bytes after it or None)): hand it to the recorders, get the
+        analysis's word on it, apply the budget; False when the trace has ended."""
         decision = None
         for recorder in self._recorders:
             answer = recorder.instruction(stepper.event, stepper.traced, stepper.rip, stepper.gpa,
-                                          stepper.code, values)
+                                          stepper.code, values, memory)
             if answer is not None:
                 decision = answer
         if stepper.traced >= self.max_instructions or decision is Decision.UNRECORDED or decision is Decision.STOP:

@@ -39,8 +39,9 @@ class EmulateEvent:
 
 @dataclass(slots=True, repr=False)
 class Step:
-    """One traced instruction: where it was, its bytes, and the registers after it
-    (values: a tuple in GENERAL_REGISTERS order; regs: the same as a dict)."""
+    """One traced instruction: where it was, its bytes, the registers after it (values: a
+    tuple in GENERAL_REGISTERS order; regs: the same as a dict), and its memory operands as
+    (linear address, size, the bytes there after it or None when they cannot be read)."""
 
     event: EmulateEvent
     index: int
@@ -48,6 +49,7 @@ class Step:
     gpa: int
     code: bytes
     values: tuple
+    memory: tuple = ()
 
     @property
     def regs(self):

@@ -53,9 +53,10 @@ _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
-# How far above the stack pointer the stepper looks for an exception frame (an error code,
-# and what a handler's first instruction may already have pushed).
-_FRAME_SEARCH_SLOTS = 4
+# Where around the stack pointer the stepper looks for an exception frame, in stack words:
+# above it an error code and what a handler's first instruction may already have pushed,
+# below it what that instruction popped (an error code it dropped).
+_FRAME_SEARCH_SLOTS = range(-2, 4)
 _HANDLER_ENTRY_REACH = 15   # a handler's first instruction may have run before the step ended
 # Instructions a vCPU steps outside watched code before the engine may re-arm the trap: code
 # that leaves the watched pages and soon comes back (a call out, an interrupt handler, a loop
@@ -94,6 +95,7 @@ class Stepper:
         self.vcpu = loop.vcpu
         self.event = None                 # the event being traced, or None while watching
         self.needs_prepare = False        # the run loop calls prepare() before the next KVM_RUN
+        self.exit_while_stepping = False  # the exit being dispatched came from a step
         self.record = False               # the event's instructions are recorded
         self.steps = self.traced = 0      # of the current event
         # The instruction about to execute: RIP, its physical address and bytes, the
@@ -119,7 +121,7 @@ class Stepper:
         self._tsc_start = self._tsc_offset = None
         self._attached = False
         self._length = self._kind = self._special = self._displacement = self._self_branch = None
-        self._opcode = self._next_rip = self._delivers = self._operand_bits = None
+        self._opcode = self._next_rip = self._delivers = self._operand_bits = self._accesses = None
         self._cs_selector_before = self._cs_base_before = None   # CS when the instruction began
         # (CR3, linear page) -> (physical page, the walk's entries as (view, bytes)): a cached
         # translation is used only while the page-table entries it was read from are unchanged.
@@ -212,7 +214,11 @@ class Stepper:
                 # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
                 return
         else:
-            self.loop.dispatch(exit)
+            self.exit_while_stepping = True
+            try:
+                self.loop.dispatch(exit)
+            finally:
+                self.exit_while_stepping = False
             # KVM may advance RIP past an OUT (or an MMIO write) before exiting and then
             # report no single-step trap for it: count it here.
             if (reason != _IO and reason != _MMIO) or self.loop.machine.outcome is not None:
@@ -280,8 +286,20 @@ class Stepper:
         self.steps += 1
         if self.record:
             self.traced += 1
-            return self._engine.instruction(self, values)
+            return self._engine.instruction(self, values, self._memory_accesses() if self._accesses else ())
         return True
+
+    def _memory_accesses(self):
+        """(linear address, size, the bytes there now or None) of each memory operand of the
+        instruction that ran, its address from the registers before it. A rep string
+        instruction's are its first iteration's."""
+        sregs = self._sregs
+        accesses = []
+        for operand in self._accesses:
+            linear = decoder.linear_address(operand, self.values, self._next_rip,
+                                            lambda name: getattr(sregs, name).base)
+            accesses.append((linear, operand.size, self._read_linear(linear, operand.size)))
+        return accesses
 
     # -- flags, traps and events the guest must see as if nothing watched it -
 
@@ -370,7 +388,7 @@ class Stepper:
         candidates = {self.rip, self._next_rip}
         if self._displacement is not None:
             candidates.add((self._next_rip + self._displacement) & self._ip_mask)
-        for slot in range(_FRAME_SEARCH_SLOTS):
+        for slot in _FRAME_SEARCH_SLOTS:
             linear = self._stack_linear(values[RSP] + slot * size)
             words = self._read_linear(linear, 3 * size)
             if words is None:
@@ -464,7 +482,7 @@ class Stepper:
     def _unmapped(self, rip):
         """RIP's page does not translate: the next fetch faults; nothing watched runs."""
         self.code, self.gpa, self.watched_page = b"", None, None
-        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits))
+        self._set_instruction(rip, (b"", 0, _MODE_CHANGE, False, _PLAIN, None, None, False, self._bits, ()))
         if self.event is not None:
             self.end(rip, "branch-out")
 
@@ -506,7 +524,7 @@ class Stepper:
 
     def _set_instruction(self, rip, decoded):
         (self.code, self._length, self._kind, self._self_branch, self._special, self._displacement,
-         self._opcode, self._delivers, self._operand_bits) = decoded
+         self._opcode, self._delivers, self._operand_bits, self._accesses) = decoded
         self._next_rip = (rip + self._length) & self._ip_mask
 
     def _decode_at(self, rip):
@@ -515,16 +533,20 @@ class Stepper:
 
     def _decode(self, code):
         """(instruction bytes, length, kind, branches to itself, special kind, direct branch
-        displacement, opcode, delivers an event, operand size) of the code at RIP, memoised by
-        the 15 bytes read there, so a loop is decoded once and rewritten code again."""
+        displacement, opcode, delivers an event, operand size, the memory operands it
+        accesses) of the code at RIP, memoised by the 15 bytes read there, so a loop is
+        decoded once and rewritten code again."""
         instruction = decoder.decode(code, self._bits, self._vendor)
         if instruction is None:
-            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits)
+            decoded = (code, len(code), _MODE_CHANGE, False, _PLAIN, None, None, True, self._bits, ())
         else:
+            # Operands with a size the encoding fixes (not lea's, prefetch's, VSIB's).
+            accesses = tuple(operand for operand in instruction.memory
+                             if operand.access is not None and operand.size and not operand.vsib)
             decoded = (code[:instruction.length], instruction.length, _KINDS[instruction.flow],
                        instruction.branches_to_itself, _special(instruction, code), instruction.relative,
                        instruction.opcode, instruction.opcode in _DELIVERING or not instruction.known,
-                       instruction.operand_bits)
+                       instruction.operand_bits, accesses)
         if len(self._decoded) >= MAX_MEMOISED_INSTRUCTIONS:
             self._decoded.clear()
         self._decoded[code] = decoded

@@ -3,7 +3,7 @@
 import struct
 
 from .paging import PAGE_SIZE, PTE_P, PTE_PS, PTE_RW
-from .registers import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME,
+from .registers import (GPRS, CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME,
                         RFLAGS_FIXED)
 
 MODES = ("real", "protected", "long")
@@ -92,4 +92,30 @@ def setup_mode(vcpu, memory, mode, entry, stack, extra_regs=None):
     regs.rflags = RFLAGS_FIXED
     for name, value in (extra_regs or {}).items():
         setattr(regs, name, value)
+    vcpu.set_regs(regs)
+
+
+def setup_real_mode_at(vcpu, selector, ip):
+    """Put the vCPU in the state a processor has after INIT, except that it starts at
+    selector:ip (what firmware leaves for an ACPI waking vector): real mode, paging and
+    interrupts off, flat 64 KiB segments, the IVT at 0."""
+    sregs = vcpu.get_sregs()
+    for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+        seg = getattr(sregs, name)
+        seg.base, seg.limit, seg.selector = 0, 0xFFFF, 0
+        seg.type, seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g, seg.avl, seg.unusable = 3, 1, 0, 0, 1, 0, 0, 0, 0
+    sregs.cs.type = 0xB
+    sregs.cs.selector, sregs.cs.base = selector, selector << 4
+    sregs.tr.base, sregs.tr.limit, sregs.tr.selector, sregs.tr.type, sregs.tr.present = 0, 0xFFFF, 0, 0xB, 1
+    sregs.ldt.base, sregs.ldt.limit, sregs.ldt.selector, sregs.ldt.type, sregs.ldt.present = 0, 0xFFFF, 0, 0x2, 1
+    sregs.gdt.base, sregs.gdt.limit = 0, 0xFFFF
+    sregs.idt.base, sregs.idt.limit = 0, 0x3FF
+    sregs.cr0 = CR0_ET
+    sregs.cr2 = sregs.cr3 = sregs.cr4 = sregs.efer = 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    for name in GPRS:
+        setattr(regs, name, 0)
+    regs.rip = ip
+    regs.rflags = RFLAGS_FIXED
     vcpu.set_regs(regs)
