@@ -108,11 +108,6 @@ for d in vmm kvm_abi; do
 	(cd "$top" && find "$d" -name '*.py' | cpio -pdm --quiet "$root/opt/v2e" 2>/dev/null ||
 		find "$d" -name '*.py' -exec sh -c 'mkdir -p "$0/$(dirname "$1")" && cp "$1" "$0/$1"' "$root/opt/v2e" {} \;)
 done
-# What the version lookup reads (vmm/version.py): the package metadata if the
-# tree has it, else pyproject.toml, so the guest imports what the host recorded.
-for meta in "$top"/pyproject.toml "$top"/*.egg-info; do
-	if [ -e "$meta" ]; then cp -R "$meta" "$root/opt/v2e/"; fi
-done
 [ -d "$root/opt/v2e/vmm" ] && "$py" -m compileall -q --invalidation-mode unchecked-hash "$root/opt/v2e" >/dev/null
 if [ -d "$top/guest_images" ]; then
 	mkdir -p "$root/opt/v2e/guest_images"
