@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 all: test
 
-$(STAMP): pyproject.toml
+# The install also builds the cffi modules (ffibuild.py): the pre-parsed declarations and the C helper.
+$(STAMP): pyproject.toml setup.py ffibuild.py vmm/fastpath.c kvm_abi/layouts.py vmm/kvm/libc.py
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[test]'
