@@ -34,10 +34,9 @@ struct vmm_port_plan {
 };
 int vmm_kvm_run(int fd);
 int vmm_run_ports(int fd, void *mapping, uint64_t mapping_size, struct vmm_port_plan *plan);
-size_t vmm_insn_line(char *out, const char *start, size_t start_length, uint64_t step, uint64_t rip,
-                     const char *gpa_field, size_t gpa_length, const uint8_t *code, size_t code_length,
-                     const uint64_t *before, const uint64_t *after, const char *const *names, uint32_t count,
-                     uint32_t rip_index, uint8_t *changed);
+int vmm_insn_setup(const char *const *names, uint32_t count, uint32_t rip_index);
+size_t vmm_insn_line(char *out, size_t room, const char *start, size_t start_length, uint64_t step,
+                     uint64_t rip, const char *code, size_t code_length, const char *before, const char *after);
 """
 
 

@@ -6,7 +6,8 @@
  *   vmm_port_plan) says the VMM may serve here: 1-byte writes to a byte stream (a UART's
  *   transmit register), gathered in a buffer the caller hands to the device, and 1-byte reads
  *   of registers whose value is constant. Any other exit is left in kvm_run for the caller.
- * vmm_insn_line: an insn record of a trace as vmm/trace/writer.py writes it.
+ * vmm_insn_line: an insn record of a trace as vmm/trace/writer.py writes it, when it has no
+ *   gpa or mem field (the writer makes those lines itself).
  */
 #include <errno.h>
 #include <linux/kvm.h>
@@ -17,6 +18,7 @@
 #define VMM_EXIT 0      /* an exit the caller handles is in kvm_run */
 #define VMM_DRAIN 1     /* the stream's bytes are due at the device; no exit is pending */
 #define VMM_MAX_CONSTANT_PORTS 8
+#define VMM_MAX_REGISTERS 32
 
 /* What vmm_run_ports may serve, as the devices allow it when the caller makes the plan. */
 struct vmm_port_plan {
@@ -123,40 +125,65 @@ static char *put_text(char *out, const char *text, size_t length)
 	return out + length;
 }
 
-size_t vmm_insn_line(char *out, const char *start, size_t start_length, uint64_t step, uint64_t rip,
-		     const char *gpa_field, size_t gpa_length, const uint8_t *code, size_t code_length,
-		     const uint64_t *before, const uint64_t *after, const char *const *names, uint32_t count,
-		     uint32_t rip_index, uint8_t *changed)
+/* The register names, in the order of the packed registers, and where rip is among them. */
+static const char *insn_names[VMM_MAX_REGISTERS];
+static size_t insn_name_lengths[VMM_MAX_REGISTERS];
+static uint32_t insn_count, insn_rip;
+
+int vmm_insn_setup(const char *const *names, uint32_t count, uint32_t rip_index)
 {
+	if (count > VMM_MAX_REGISTERS || rip_index >= count)
+		return -1;
+	for (uint32_t i = 0; i < count; i++) {
+		insn_names[i] = names[i];
+		insn_name_lengths[i] = strlen(names[i]);
+	}
+	insn_count = count;
+	insn_rip = rip_index;
+	return 0;
+}
+
+/* start: the line up to the step; before, after: the registers (u64 each) before and after
+ * the instruction at rip. Returns the line's length, 0 when out needs more than room. */
+size_t vmm_insn_line(char *out, size_t room, const char *start, size_t start_length, uint64_t step,
+		     uint64_t rip, const char *code, size_t code_length, const char *before, const char *after)
+{
+	uint64_t old[VMM_MAX_REGISTERS], new[VMM_MAX_REGISTERS];
+	size_t longest = start_length + 2 * code_length + 64;
+	for (uint32_t i = 0; i < insn_count; i++)
+		longest += insn_name_lengths[i] + 24;
+	if (insn_count == 0 || longest > room)
+		return 0;
+	memcpy(old, before, insn_count * sizeof(uint64_t));
+	memcpy(new, after, insn_count * sizeof(uint64_t));
 	char *p = put_text(out, start, start_length);
 	p = put_decimal(p, step);
 	p = put_text(p, ",\"rip\":\"", 8);
 	p = put_hex(p, rip);
-	*p++ = '"';
-	p = put_text(p, gpa_field, gpa_length);
-	p = put_text(p, ",\"bytes\":\"", 10);
+	p = put_text(p, "\",\"bytes\":\"", 11);
 	for (size_t i = 0; i < code_length; i++) {
-		*p++ = HEX[code[i] >> 4];
-		*p++ = HEX[code[i] & 0xf];
+		uint8_t byte = (uint8_t)code[i];
+		*p++ = HEX[byte >> 4];
+		*p++ = HEX[byte & 0xf];
 	}
 	*p++ = '"';
-	int falls_through = after[rip_index] == rip + code_length;
+	int falls_through = new[insn_rip] == rip + code_length;
 	int first = 1;
-	for (uint32_t i = 0; i < count; i++) {
-		changed[i] = after[i] != before[i];
-		int written = changed[i];
-		if (i == rip_index)   /* a fall-through is implied; a branch to itself is written */
-			written = !falls_through;
+	for (uint32_t i = 0; i < insn_count; i++) {
+		/* A fall-through's new rip is implied; a branch's is written, even to itself. */
+		int written = i == insn_rip ? !falls_through : new[i] != old[i];
 		if (!written)
 			continue;
-		p = put_text(p, first ? ",\"regs\":{\"" : ",\"", first ? 10 : 2);
+		p = first ? put_text(p, ",\"regs\":{\"", 10) : put_text(p, ",\"", 2);
 		first = 0;
-		p = put_text(p, names[i], strlen(names[i]));
+		p = put_text(p, insn_names[i], insn_name_lengths[i]);
 		p = put_text(p, "\":\"", 3);
-		p = put_hex(p, after[i]);
+		p = put_hex(p, new[i]);
 		*p++ = '"';
 	}
 	if (!first)
 		*p++ = '}';
+	*p++ = '}';
+	*p++ = '\n';
 	return (size_t)(p - out);
 }
