@@ -135,6 +135,11 @@ class RunLoop:
         return self._handlers.get(reason, self._unhandled)
 
     @property
+    def served_in_c(self):
+        """Port exits the C helper served without this loop (0 without the helper)."""
+        return 0 if self._port_plan is None else self._port_plan.handled
+
+    @property
     def observers(self):
         return tuple(observation.observer for observation in self._observers)
 
