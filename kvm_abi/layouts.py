@@ -4,8 +4,12 @@ The declarations mirror <linux/kvm.h> and <asm/kvm.h>; tests/test_abi_probe.py
 compiles a probe against the system headers and compares every size and offset.
 Members added by the exec-trap patch (patches/) are listed in PATCH_ONLY so the
 probe against an unpatched header knows to skip them.
+
+The install pre-parses CDEF into _layouts_ffi (cffi's out-of-line ABI mode, see
+ffibuild.py): parsing it here takes longer than the rest of a small guest's run. Without
+that module, or with VMM_FASTPATH=0, CDEF is parsed at import (PREPARSED is then False).
 """
-import cffi
+import os
 
 CDEF = r"""
 typedef uint8_t  __u8;
@@ -361,5 +365,19 @@ struct kvm_run {
 # Declared above but only present in a kernel carrying the exec-trap patch.
 PATCH_ONLY = frozenset({"struct kvm_exec_trap", "struct kvm_run.emulate"})
 
-ffi = cffi.FFI()
-ffi.cdef(CDEF)
+
+
+def _load():
+    if os.environ.get("VMM_FASTPATH") != "0":
+        try:
+            from ._layouts_ffi import ffi as preparsed
+            return preparsed, True
+        except ImportError:
+            pass
+    import cffi
+    parsed = cffi.FFI()
+    parsed.cdef(CDEF)
+    return parsed, False
+
+
+ffi, PREPARSED = _load()

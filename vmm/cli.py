@@ -6,12 +6,11 @@ import sys
 import time
 
 from . import __doc__ as package_doc
-from . import doctor, loaders
+from . import loaders
 from .devices.serial import SerialInput
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, BadInput, VmmError
 from .loaders.flat import read_image
 from .machine import DEFAULT_MEM, MAX_MEM, Machine, Terminated, pc
-from .machine.stats import ExitStats
 from .gdb import cli as gdb_cli
 from .trace import cli as trace_cli
 from .unpack import cli as unpack_cli
@@ -129,9 +128,14 @@ def build_parser():
     run.set_defaults(handler=command_run)
     check = commands.add_parser("doctor", help="check that this host can run the VMM")
     check.add_argument("--json", action="store_true", help="print the checks and facts as JSON")
-    check.set_defaults(handler=doctor.command_doctor)
+    check.set_defaults(handler=_command_doctor)
     trace_cli.add_trace_command(commands)
     return parser
+
+
+def _command_doctor(args):
+    from . import doctor   # imported when asked for: a run does not wait for it
+    return doctor.command_doctor(args)
 
 
 def _open_serial_output(spec, stack):
@@ -235,6 +239,7 @@ def _run_once(args, stack, image, image_format, machine_type, modules, initrd, o
     gdb_cli.start(debugger, engine, stack)
     exit_stats = None
     if args.stats or args.stats_json:
+        from .machine.stats import ExitStats
         exit_stats = ExitStats()
         for loop in machine.loops:
             exit_stats.attach(loop)

@@ -19,7 +19,9 @@
   PVH) and QEMU `-kernel` (KVM and TCG), each bounded by --linux-timeout.
 
 Rounds are interleaved and the best of each is kept: other load on the host
-only ever slows a round down. Prints a table; writes JSON.
+only ever slows a round down. Prints a table; writes JSON. The VMM's figures are for
+the path this process runs: with the C helper (vmm.fastpath), or without it when it was
+not built or VMM_FASTPATH=0.
 """
 import argparse
 import json
@@ -33,6 +35,7 @@ import threading
 import time
 
 import kvm_abi
+from vmm import fastpath
 from vmm.kvm import libc
 from vmm.machine import Machine
 from vmm.machine.outcome import halted
@@ -326,6 +329,7 @@ def main(argv=None):
                         help="where to write the results (default: build/bench.json, which git ignores)")
     args = parser.parse_args(argv)
     install_kick_handler()
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         guest, program = build(workdir)
         pio = best_of(args.rounds, {
@@ -358,7 +362,8 @@ def main(argv=None):
         "startup": start,
         "linux_boot": linux,
         "parameters": {"exits": args.exits, "steps": args.steps, "rounds": args.rounds,
-                       "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+                       "cpus": os.cpu_count(), "load_average_at_start": load_at_start,
+                       "load_average": os.getloadavg(), "c_helper": fastpath.lib is not None},
     }
     print(f"{'PIO exits/s':<44}{'rate':>12}{'ratio to C':>12}")
     for name, label in (("c", "C loop (KVM_RUN only)"), ("cffi_floor", "bare cffi loop"),
@@ -385,7 +390,9 @@ def main(argv=None):
                   f"{status:>8}")
             if figures["seconds_to_init"] is None:
                 print(f"    last line: {figures['last_line']}")
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; JSON in {args.json}")
+    helper = "with the C helper" if fastpath.lib is not None else "without the C helper (Python path)"
+    print(f"{helper}; load average {load_at_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end, "
+          f"on {os.cpu_count()} CPUs; JSON in {args.json}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as out:
         json.dump(results, out, indent=2)

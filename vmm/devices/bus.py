@@ -3,6 +3,13 @@
 A device implements read(offset, size) -> int and write(offset, size, value),
 offsets relative to the base it was registered at. Unclaimed reads return
 all-ones and unclaimed writes are dropped, as on a PC.
+
+A port device may also let a vCPU serve some accesses without the bus (PortBus.plan, the C
+helper's port loop): FAST_OFFSETS = (stream offsets, constant-read offsets);
+stream_room(offset) -> (room, stop): 1-byte writes there may gather, up to room bytes and
+until the byte stop (-1: none), and reach the device as one stream(offset, data) call, exactly
+as that many write() calls would (room 0: not now); constant_read(offset) -> the value a
+1-byte read there gives, with no other effect, or None.
 """
 import bisect
 import threading
@@ -46,6 +53,8 @@ class PortBus:
 
     def __init__(self):
         self._ports = {}                  # port -> (device, offset of the port in the device)
+        self._streams = []                # (port, device, offset) of FAST_OFFSETS, in order
+        self._constants = []
         self.unclaimed_reads = Counter()  # port -> count
         self.unclaimed_writes = Counter()
 
@@ -57,6 +66,25 @@ class PortBus:
             raise BusConflict(f"port {taken[0]:#x} is already claimed")
         for port in range(base, base + length):
             self._ports[port] = (device, port - base)
+        streams, constants = getattr(device, "FAST_OFFSETS", ((), ()))
+        self._streams += [(base + offset, device, offset) for offset in streams if offset < length]
+        self._constants += [(base + offset, device, offset) for offset in constants if offset < length]
+
+    def plan(self, plan):
+        """Fill a fastpath.PortPlan with what may be served without the bus now (see the
+        module's doc): the first stream that takes bytes, the constant reads. False when
+        nothing may."""
+        plan.clear()
+        for port, device, offset in self._streams:
+            room, stop = device.stream_room(offset)
+            if room:
+                plan.set_stream(port, device, offset, room, stop)
+                break
+        for port, device, offset in self._constants:
+            value = device.constant_read(offset)
+            if value is not None and not plan.add_constant(port, value):
+                break
+        return plan.stream_device is not None or plan.struct.constants > 0
 
     def handle(self, io):
         """Serve an exits.Io: every one of its count items of size bytes."""

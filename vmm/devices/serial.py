@@ -90,6 +90,9 @@ class SerialInput:
 
 
 class Uart16550:
+    # Served in batches by a vCPU (see vmm.devices.bus): transmitted bytes; LSR and MSR reads.
+    FAST_OFFSETS = ((RBR_THR_DLL,), (LSR, MSR))
+
     def __init__(self, output=None, input=None, irq_line=None):
         self._output = output            # binary file object or None
         self._input = input              # SerialInput or None
@@ -178,6 +181,37 @@ class Uart16550:
             self.scr = value
         if self._irq_line is not None:   # skip the call on a machine without interrupts
             self._update_irq()
+
+    # -- batched access (PortBus.plan) ---------------------------------------
+
+    def stream_room(self, offset):
+        """Transmit-register writes may gather while each would only transmit (no divisor
+        latch, no loopback, no interrupt enabled on a line): up to the next flush."""
+        if (offset != RBR_THR_DLL or self.lcr & LCR_DLAB or self.mcr & MCR_LOOP
+                or self._irq_line is not None and self.ier & (IER_THRI | IER_RDI)):
+            return 0, -1
+        if self._output is None:
+            return 1 << 30, -1
+        return FLUSH_THRESHOLD - len(self._out_buffer), 0x0A
+
+    def stream(self, offset, data):
+        """The bytes of that many transmit-register writes (stream_room allowed them)."""
+        self.bytes_written += len(data)
+        self._thr_interrupt = True
+        if self._output is not None:
+            self._out_buffer += data
+            if data[-1] == 0x0A or len(self._out_buffer) >= FLUSH_THRESHOLD:
+                self.flush()
+
+    def constant_read(self, offset):
+        """LSR without input, MSR without loopback: what read() would give."""
+        if self.mcr & MCR_LOOP or offset == LSR and self._input is not None:
+            return None
+        if offset == LSR:
+            return LSR_THRE | LSR_TEMT
+        if offset == MSR:
+            return MSR_DCD | MSR_DSR | MSR_CTS
+        return None
 
     # -- internals -----------------------------------------------------------
 

@@ -4,14 +4,12 @@ import sys
 
 from ..errors import BadInput
 from ..loaders import elf
-from .control import Controller
-from .monitor import Monitor
-from .probe import probe
-from .server import Server, listen, parse_endpoint
-from .watching import Watching
+
+# The stub's modules are imported when --gdb asks for them: a run without it does not wait.
 
 
 def _endpoint(text):
+    from .server import parse_endpoint
     try:
         return parse_endpoint(text)
     except BadInput as error:
@@ -33,6 +31,11 @@ class Debugger:
     """The stub of one run: the host probe, execution control, the server and its monitor."""
 
     def __init__(self, machine, args, image):
+        from .control import Controller
+        from .monitor import Monitor
+        from .probe import probe
+        from .server import Server, listen
+        from .watching import Watching
         self._verbose = args.verbose
         self.host = probe(machine.kvm)
         self._closed = False

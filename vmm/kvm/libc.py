@@ -1,21 +1,39 @@
-"""The few libc calls the VMM needs, through cffi in ABI mode (not through the fcntl module)."""
+"""The few libc calls the VMM needs, through cffi in ABI mode (not through the fcntl module).
+
+Pre-parsed at install like kvm_abi's layouts (see kvm_abi.layouts), when those are."""
 import os
 
-import cffi
-
 import kvm_abi
+from kvm_abi.layouts import PREPARSED
 
 from ..errors import KvmError
 
-_ffi = cffi.FFI()
-_ffi.include(kvm_abi.ffi)
-_ffi.cdef("""
+CDEF = """
 int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
-""")
-lib = _ffi.dlopen(None)
-ffi = _ffi
+"""
+
+
+def _load():
+    if PREPARSED:   # the pre-parsed module includes the pre-parsed layouts
+        try:
+            from ._libc_ffi import ffi as preparsed
+            return preparsed
+        except ImportError:
+            pass
+    import cffi
+    parsed = cffi.FFI()
+    if PREPARSED:   # a compiled FFI cannot be included: declare the layouts again
+        parsed.cdef(kvm_abi.CDEF)
+    else:
+        parsed.include(kvm_abi.ffi)
+    parsed.cdef(CDEF)
+    return parsed
+
+
+ffi = _load()
+lib = ffi.dlopen(None)
 
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000

@@ -10,6 +10,7 @@ import kvm_abi
 
 from . import exits
 from . import libc
+from .. import fastpath
 from ..errors import KvmError
 from ..x86.registers import GENERAL_REGISTERS
 
@@ -25,6 +26,10 @@ _run_ioctl = libc.ffi.cast("int (*)(int, unsigned long, void *)", libc.lib.ioctl
 _KVM_RUN = kvm_abi.KVM_RUN
 _NULL = libc.ffi.NULL
 _decode = exits.decode
+# With the C helper: KVM_RUN without libffi (it returns 0 or -errno), and the port loop.
+_fast_run = None if fastpath.lib is None else fastpath.lib.vmm_kvm_run
+_fast_run_ports = None if fastpath.lib is None else fastpath.lib.vmm_run_ports
+_PLAN_DRAIN = None if fastpath.lib is None else fastpath.lib.VMM_DRAIN
 
 # struct kvm_regs is the general registers, u64 each, in GENERAL_REGISTERS order: read in one unpack.
 _REGS = struct.Struct(f"<{len(GENERAL_REGISTERS)}Q")
@@ -79,13 +84,36 @@ class Vcpu(libc.FileDescriptor):
     def run(self):
         """KVM_RUN once and return the decoded exit (exits.Interrupted on EINTR); the exit is
         valid until the next run() (an I/O or DEBUG exit is the same object every time)."""
-        if _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
-            error = libc.ffi.errno
-            if error == errno.EINTR or error == errno.EAGAIN:
-                self.run_struct.immediate_exit = 0
-                return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
-            raise KvmError("KVM_RUN", error)
+        if _fast_run is not None:
+            error = _fast_run(self.fd)
+            if error:
+                return self._run_failed(-error)
+        elif _run_ioctl(self.fd, _KVM_RUN, _NULL) < 0:
+            return self._run_failed(libc.ffi.errno)
         return _decode(self.run_struct, self._view, self._io, self._debug)
+
+    def run_ports(self, plan):
+        """KVM_RUN (with the C helper) until an exit the fastpath.PortPlan does not cover: the
+        port accesses it covers are served in C (their bytes wait in the plan). Returns the
+        decoded exit as run() does, or None when the plan's bytes are due at their device
+        first (no exit is pending then)."""
+        result = _fast_run_ports(self.fd, self._mapping, self._mmap_size, plan.struct)
+        if result < 0:
+            return self._run_failed(-result)
+        if result == _PLAN_DRAIN:
+            return None
+        return _decode(self.run_struct, self._view, self._io, self._debug)
+
+    @staticmethod
+    def can_run_ports():
+        """Whether run_ports() is there (the C helper is)."""
+        return _fast_run_ports is not None
+
+    def _run_failed(self, error):
+        if error == errno.EINTR or error == errno.EAGAIN:
+            self.run_struct.immediate_exit = 0
+            return exits.Interrupted(kvm_abi.KVM_EXIT_INTR)
+        raise KvmError("KVM_RUN", error)
 
     def complete_pending_io(self):
         """KVM_RUN with immediate_exit set: KVM finishes the I/O or MMIO access of the last exit

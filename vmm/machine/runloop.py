@@ -15,11 +15,17 @@ Its extension points each return a handle that undoes them:
   it does not consume back with dispatch(), and has its prepare() called before the next
   KVM_RUN while its needs_prepare is set.
 Before each KVM_RUN the vCPU parks while a pause of the machine holds it.
+
+With the C helper (vmm.fastpath), while nothing drives, observes or intercepts port I/O, the
+port accesses the port bus lets a vCPU serve (PortBus.plan: a UART's transmitted bytes, its
+constant status registers) are served in C, KVM_RUN after KVM_RUN; the first other exit
+comes here as usual, after the bytes before it have reached their device.
 """
 import time
 
 import kvm_abi as abi
 
+from .. import fastpath
 from ..errors import EXIT_TRIPLE_FAULT
 from . import report
 from .outcome import Outcome, halted, kvm_error
@@ -68,6 +74,7 @@ class RunLoop:
         self._interceptions = {}             # reason -> [Interception], the last one on top
         self._observers = []
         self._driver = None
+        self._port_plan = fastpath.PortPlan() if vcpu.can_run_ports() else None
 
     # -- extension points ----------------------------------------------------
 
@@ -128,6 +135,11 @@ class RunLoop:
         return self._handlers.get(reason, self._unhandled)
 
     @property
+    def served_in_c(self):
+        """Port exits the C helper served without this loop (0 without the helper)."""
+        return 0 if self._port_plan is None else self._port_plan.handled
+
+    @property
     def observers(self):
         return tuple(observation.observer for observation in self._observers)
 
@@ -136,6 +148,8 @@ class RunLoop:
     def run(self):
         vcpu, machine, handlers, unhandled = self.vcpu, self.machine, self._handlers, self._unhandled
         gate, held, vcpu_id = machine.pause_gate, machine.pause_gate.held, vcpu.id
+        plan, ports = self._port_plan, machine.ports
+        bus_handles_io = self._table[abi.KVM_EXIT_IO]
         vcpu.bind_thread()
         while machine.outcome is None:
             if held[vcpu_id]:
@@ -148,6 +162,14 @@ class RunLoop:
                 continue
             if self._observers:
                 exit = self._observed_run()
+            elif (plan is not None and driver is None and handlers.get(abi.KVM_EXIT_IO) is bus_handles_io
+                  and ports.plan(plan)):
+                try:
+                    exit = vcpu.run_ports(plan)
+                finally:
+                    plan.drain()
+                if exit is None:
+                    continue
             else:
                 exit = vcpu.run()
             driver = self._driver

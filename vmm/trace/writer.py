@@ -2,9 +2,11 @@
 
 The header record is written and flushed when the writer is made, so even the trace of a
 killed run says what it is. Page contents are written once per distinct sha256 and events
-refer to them. An insn record holds only what its instruction changed; its line comes from an
-f-string compiled for the set of registers that changed (found by comparing the register
-tuples in C, with map), so a step costs no per-register Python work.
+refer to them. An insn record holds only what its instruction changed. With the C helper
+(vmm.fastpath) its line is made there, from the registers before and after packed as bytes;
+else from an f-string compiled for the set of registers that changed (found by comparing the
+register tuples in C, with map), so a step costs no per-register Python work. Both write the
+same bytes.
 
 Every vCPU may trace an event at the same time, each from its own thread: each event keeps
 its own registers to compare with, and insn lines go to one shared list without a lock
@@ -15,10 +17,12 @@ first, under the lock.
 import base64
 import hashlib
 import json
+import struct
 import threading
 from operator import ne
 from types import SimpleNamespace
 
+from .. import fastpath
 from ..errors import BadInput
 from ..x86.mode import cpu_mode
 from ..x86.registers import GENERAL_REGISTERS, RIP
@@ -26,6 +30,17 @@ from .format import FORMAT, VERSION, hex_or_none
 
 # insn lines wait in memory in groups of this many (about 25 KiB on a register-only loop).
 PENDING_INSN_LINES = 256
+
+# With the C helper, the common insn line (no gpa or mem field) comes from vmm_insn_line, which
+# reads the registers packed like this, with these names.
+_REGISTERS = struct.Struct(f"<{len(GENERAL_REGISTERS)}Q")
+_LINE_ROOM = 1024   # each event's line buffer: more than the longest such line
+_insn_line = None
+if fastpath.lib is not None:
+    _NAME_STRINGS = [fastpath.ffi.new("char[]", name.encode()) for name in GENERAL_REGISTERS]
+    if fastpath.lib.vmm_insn_setup(fastpath.ffi.new("char *[]", _NAME_STRINGS), len(GENERAL_REGISTERS), RIP) == 0:
+        _insn_line = fastpath.lib.vmm_insn_line
+        _unpack = fastpath.ffi.unpack
 
 
 def _insn_formatter(mask, falls_through, fields=False):
@@ -57,15 +72,28 @@ def _hex_tree(values):
     return {name: _hex_tree(value) if isinstance(value, dict) else f"{value:#x}" for name, value in values.items()}
 
 
+def _memory_field(memory):
+    """The mem field of an insn line: (linear address, size, bytes after or None) per operand."""
+    return ',"mem":' + json.dumps(
+        [[f"{address:#x}", size, None if data is None else data.hex()] for address, size, data in memory],
+        separators=(",", ":"))
+
+
 class _EventState:
     """What an event's next insn record is written against: the registers after the previous
-    record and its gpa - rip; and the start of its insn lines, up to the step."""
+    record (a tuple, or packed for the C helper) and its gpa - rip; and the start of its insn
+    lines, up to the step (and the C helper's line buffer)."""
 
-    __slots__ = ("previous", "offset", "start")
+    __slots__ = ("previous", "packed", "offset", "start", "start_bytes", "line")
 
     def __init__(self, previous, offset, index):
         self.previous, self.offset = previous, offset
         self.start = f'{{"type":"insn","event":{index},"step":'
+        self.packed = self.start_bytes = self.line = None
+        if _insn_line is not None:
+            self.packed = _REGISTERS.pack(*previous)
+            self.start_bytes = self.start.encode()
+            self.line = fastpath.ffi.new("char[]", _LINE_ROOM)
 
 
 class TraceWriter:
@@ -79,7 +107,7 @@ class TraceWriter:
     def __init__(self, path, header):
         self.path = path
         try:
-            self._file = open(path, "w", encoding="ascii")
+            self._file = open(path, "wb")
         except OSError as error:
             raise BadInput(f"{path}: cannot write the trace: {error.strerror}") from None
         self._lock = threading.Lock()
@@ -124,13 +152,23 @@ class TraceWriter:
         (linear address, size, bytes after) per memory operand. The hot path: one template
         lookup and one %-format."""
         state = self._events[event.index]
-        mask = bytes(map(ne, values, state.previous))
-        state.previous = values
-        formatter = self._formatters[values[RIP] == rip + len(code)].get(mask)
-        if formatter is None or gpa - rip != state.offset or memory:
-            line = self._uncommon_line(state, index, rip, gpa, code, values, memory, mask)
+        if _insn_line is not None and gpa - rip == state.offset and not memory:
+            packed = _REGISTERS.pack(*values)
+            start = state.start_bytes
+            line = _unpack(state.line, _insn_line(state.line, _LINE_ROOM, start, len(start), index, rip, code,
+                                                  len(code), state.packed, packed))
+            state.previous, state.packed = values, packed
         else:
-            line = formatter(state.start, index, rip, code.hex(), values)
+            mask = bytes(map(ne, values, state.previous))
+            state.previous = values
+            if _insn_line is not None:
+                state.packed = _REGISTERS.pack(*values)
+            formatter = self._formatters[values[RIP] == rip + len(code)].get(mask)
+            if formatter is None or gpa - rip != state.offset or memory:
+                line = self._uncommon_line(state, index, rip, gpa, code, values, memory, mask)
+            else:
+                line = formatter(state.start, index, rip, code.hex(), values)
+            line = line.encode()
         pending = self._pending
         pending.append(line)
         if len(pending) >= PENDING_INSN_LINES:
@@ -176,11 +214,7 @@ class TraceWriter:
         if gpa - rip != state.offset:
             state.offset = gpa - rip
             gpa_field = f',"gpa":"{gpa:#x}"'
-        memory_field = ""
-        if memory:
-            memory_field = ',"mem":' + json.dumps(
-                [[f"{address:#x}", size, None if data is None else data.hex()] for address, size, data in memory],
-                separators=(",", ":"))
+        memory_field = _memory_field(memory) if memory else ""
         key = (mask, falls_through)
         formatter = self._field_formatters.get(key)
         if formatter is None:
@@ -193,7 +227,7 @@ class TraceWriter:
 
     def _write_locked(self, *records):
         # One extend of a list: no other thread's line can come between these records.
-        self._pending.extend([json.dumps(record, separators=(",", ":")) + "\n" for record in records])
+        self._pending.extend([(json.dumps(record, separators=(",", ":")) + "\n").encode() for record in records])
         self._write_pending()
 
     def _write_pending(self):
@@ -202,6 +236,6 @@ class TraceWriter:
         pending = self._pending
         count = len(pending)
         if self._file is not None and count:
-            self._file.write("".join(pending[:count]))
+            self._file.write(b"".join(pending[:count]))
             self._file.flush()
         del pending[:count]

@@ -5,7 +5,6 @@ import sys
 
 from ..errors import BadInput
 from ..v2e.watch import parse_watch
-from ..v2e import V2E
 from .engine import DEFAULT_MAX_LAYERS, Unpacker
 
 
@@ -54,6 +53,7 @@ def attach(machine, args, stack, image, on_layer=None):
         raise BadInput("--trace-layers needs --trace PATH")
     tracer = None
     if args.trace:
+        from ..v2e.engine import V2E   # the engine only for a run that traces
         tracer = V2E(machine, [], backend=None, trace_path=args.trace, max_instructions=args.max_instructions,
                      tsc_per_step=args.tsc_per_step, image_path=os.path.abspath(args.image), image=image)
         stack.callback(tracer.close)

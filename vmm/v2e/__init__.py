@@ -11,10 +11,24 @@ backends (how a watched page's execution reaches userspace), stepper (driving a 
 instruction at a time), events (what the engine reports), policy (the other vCPUs while one
 traces), engine (the wiring). The trace file itself is vmm.trace's.
 """
-from .backends import BACKENDS, BackendUnavailable
-from .engine import DEFAULT_MAX_INSTRUCTIONS, V2E
-from .events import Decision, EmulateEvent, Step
-from .watch import WatchSet, parse_watch
+import importlib
 
-__all__ = ["BACKENDS", "BackendUnavailable", "DEFAULT_MAX_INSTRUCTIONS", "V2E", "Decision", "EmulateEvent", "Step",
-           "WatchSet", "parse_watch"]
+# Each name is imported from its module when first asked for: `vmm run` without --watch does
+# not wait for the engine (and the instruction decoder).
+_HOMES = {"BACKENDS": "backends", "BackendUnavailable": "backends", "DEFAULT_MAX_INSTRUCTIONS": "engine",
+          "V2E": "engine", "Decision": "events", "EmulateEvent": "events", "Step": "events",
+          "WatchSet": "watch", "parse_watch": "watch"}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1570,7 +1570,14 @@ def _build_table(*texts):
     return table
 
 
-_TABLE = _build_table(_ONE_BYTE, _X87, _TWO_BYTE, _0F38, _0F3A, _FP16, _XOP)
+_TABLE = None   # built at the first decode: a run that decodes nothing does not wait for it
+
+
+def _table():
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _build_table(_ONE_BYTE, _X87, _TWO_BYTE, _0F38, _0F3A, _FP16, _XOP)
+    return _TABLE
 _3DNOW_FORM = _Form("3dnow", None, None, None, None, None, True, ("b",), None, ("q", "r"), None, (),
                     frozenset(), None)
 # Where the tables have no form: does the map's encoding still have a ModRM, and immediates?
@@ -1709,7 +1716,7 @@ def _decode(code, bits, amd, stack_bits):
         form = _3DNOW_FORM
         reported = 0x0F0F00
     else:
-        groups = _TABLE.get((encoding, opcode_map, opcode), {})
+        groups = _table().get((encoding, opcode_map, opcode), {})
         form = None
         for candidates in (groups.get(mandatory), groups.get(None)):
             if candidates:
