@@ -112,11 +112,17 @@ kvm_tests() {
 		echo "E2E-TIME vmm=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
 	fi
 	# The anti-analysis probes, unwatched against watched, with the patched module (the
-	# stepping they probe is the same with either backend; the host runs them with stock).
+	# stepping they probe is the same with either backend; the host runs them with stock),
+	# in the machines whose plan sets PROBES=yes: the suite starts some 40 VMM processes,
+	# which under Bochs would outlast its boot timeout.
 	if [ "$1" = patched ] && [ -x /usr/bin/python3 ] && [ -f /e2e/probes.py ] && [ -d /opt/v2e/vmm ]; then
-		a=$(cut -d' ' -f1 /proc/uptime)
-		python3 /e2e/probes.py --backend patched --timeout 300 || r=1
-		echo "E2E-TIME probes=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
+		if [ "${PROBES:-}" = yes ]; then
+			a=$(cut -d' ' -f1 /proc/uptime)
+			python3 /e2e/probes.py --backend patched --timeout 300 || r=1
+			echo "E2E-TIME probes=$(awk -v a=$a '{printf "%.2f", $1 - a}' /proc/uptime)"
+		else
+			echo "E2E-PROBES planned=no"
+		fi
 	fi
 	return $r
 }

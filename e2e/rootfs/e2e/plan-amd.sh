@@ -3,6 +3,8 @@
 # the stock module as negative control, then install.sh on a host-like module
 # tree.  The Python + cffi smoke test runs here even when the harness is present.
 PYSMOKE=always
+# The probe suite runs here (rootfs/e2e/lib.sh).
+PROBES=yes
 FEP=kvm.force_emulation_prefix=1
 echo "E2E-CPU $(cpu_flags)"
 run_case amd-npt1-patched patched amd "npt=1 $FEP" kvm_tests patched

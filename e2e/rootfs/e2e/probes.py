@@ -8,8 +8,9 @@ $V2E_TOP/guest_images; --timeout bounds each run, 120 s by default.) It prints
 one line per check and image, then a summary:
     E2E-PROBE <check> <mode> PASS: identical
     E2E-PROBE <check> <mode> FAIL: <the first difference>
+    E2E-PROBE <check> <mode> KNOWN: <a difference README documents, and why>
     E2E-PROBE <check> <mode> SKIP: <why the unwatched run printed no line for it>
-    E2E-PROBES passed=N failed=N skipped=N
+    E2E-PROBES passed=N failed=N known=N skipped=N
 where <mode> is the image's name without "probe_" (real, protected, compat,
 long_timer, smp...). Exit status 0 when nothing failed.
 
@@ -18,8 +19,8 @@ Each probe guest prints one line per check, "check: verdict", and ends with stat
 `vmm run` options it needs ("probe-args: ...") and the page to watch
 ("probe-watch: GPA+LEN"). A line of serial input selects one check by name ("list"
 prints the names). Both runs of a guest run all its checks; a check whose line is
-missing from either (the run timed out or failed before it) is run again alone,
-unwatched and watched, but for the one the watched run ended in.
+missing from either (the run timed out or failed before it), or whose lines differ,
+is run again alone, unwatched and watched, but for the one the watched run ended in.
 
 tests/test_probes.py uses read_header, check_lines and first_difference from here.
 """
@@ -62,6 +63,27 @@ def unfinished_check(output):
     """The check a run ended in the middle of (its line begun, not ended), or None."""
     last = output.split(b"\n")[-1]
     return last.split(b":", 1)[0].decode("ascii", "replace") if b":" in last else None
+
+
+# What README ("What the guest can and cannot tell") says single-stepping under VT-x and
+# SVM shows: KVM's TF is in RFLAGS while a vCPU steps, so an exception or interrupt the CPU
+# delivers pushes it (and the handler runs unstepped: the VMM cannot clear it first), as
+# does pushf in a MOV SS shadow when the CPU takes no step trap after it.
+FRAME_TF = ("tf set", "tf clear")
+FRAME_TF_REASON = "KVM's single-step TF in a frame the CPU pushed (README: what the guest can tell)"
+# The rdtsc checks compare against thresholds: in an emulated machine an unwatched cpuid
+# exit may already be "slow"; watched code reads the VMM's virtual TSC.
+SLOW_REASON = "the unwatched run is already slow in this machine; watched code reads the VMM's TSC"
+
+
+def known_difference(plain_line, watched_line):
+    """The reason a watched line differs from the unwatched one in a documented way, or None."""
+    if watched_line.replace(*FRAME_TF) == plain_line and FRAME_TF[0] in watched_line:
+        return FRAME_TF_REASON
+    name = check_name(plain_line)
+    if name.startswith("rdtsc") and plain_line == f"{name}: slow" and watched_line == f"{name}: normal":
+        return SLOW_REASON
+    return None
 
 
 def first_difference(plain, watched):
@@ -119,9 +141,13 @@ def compare_image(path, backend, timeout):
     stuck = unfinished_check(watched[1])
     for check in names:
         if check in plain_lines and check in watched_lines:
-            same = plain_lines[check] == watched_lines[check]
-            results.append((check, "PASS" if same else "FAIL", "identical" if same else
-                            f"unwatched {plain_lines[check]!r}, watched {watched_lines[check]!r}"))
+            result = line_verdict(check, plain_lines[check], watched_lines[check])
+            if result[1] == "FAIL":
+                # Timer checks race real time in an emulated machine: the check is run again
+                # alone, and that run decides (the first difference stays in the detail).
+                again = compare_alone(path, check, backend, timeout)
+                result = (check, again[1], f"{again[2]}; in the run of all checks: {result[2]}")
+            results.append(result)
         elif check in plain_lines and check == stuck:
             results.append((check, "FAIL", f"the watched run ended (status {watched[0]}) in this check: "
                                            f"unwatched {plain_lines[check]!r}"))
@@ -132,12 +158,24 @@ def compare_image(path, backend, timeout):
     return results
 
 
+def line_verdict(check, plain_line, watched_line):
+    """(check, PASS|KNOWN|FAIL, detail) for one check's lines."""
+    if plain_line == watched_line:
+        return check, "PASS", "identical"
+    difference = f"unwatched {plain_line!r}, watched {watched_line!r}"
+    reason = known_difference(plain_line, watched_line)
+    return (check, "FAIL", difference) if reason is None else (check, "KNOWN", f"{reason}: {difference}")
+
+
 def compare_alone(path, check, backend, timeout):
     """(check, verdict, detail) from running one check alone, unwatched and watched."""
     plain = run_probe(path, timeout=timeout, only=check)
     if not check_lines(plain[1]):
         return check, "SKIP", f"the unwatched run printed no line (status {plain[0]}): {last_words(plain)}"
     watched = run_probe(path, watch=True, backend=backend, timeout=timeout, only=check)
+    plain_lines, watched_lines = check_lines(plain[1]), check_lines(watched[1])
+    if plain[0] == watched[0] and len(plain_lines) == len(watched_lines) == 1:
+        return line_verdict(check, plain_lines[0], watched_lines[0])
     difference = first_difference(plain, watched)
     return check, "FAIL" if difference else "PASS", difference or "identical"
 
@@ -151,14 +189,15 @@ def main(argv):
     directory = os.path.join(os.environ.get("V2E_TOP", "/opt/v2e"), "guest_images")
     images = args.images or sorted(name[:-len(".bin")] for name in os.listdir(directory)
                                    if name.startswith("probe_") and name.endswith(".bin"))
-    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    counts = {"PASS": 0, "FAIL": 0, "KNOWN": 0, "SKIP": 0}
     for image in images:
         mode = image[len("probe_"):]
         for check, verdict, detail in compare_image(os.path.join(directory, f"{image}.bin"), args.backend,
                                                     args.timeout):
             counts[verdict] += 1
             print(f"E2E-PROBE {check} {mode} {verdict}: {detail}", flush=True)
-    print(f"E2E-PROBES passed={counts['PASS']} failed={counts['FAIL']} skipped={counts['SKIP']}", flush=True)
+    print(f"E2E-PROBES passed={counts['PASS']} failed={counts['FAIL']} known={counts['KNOWN']} "
+          f"skipped={counts['SKIP']}", flush=True)
     return 1 if counts["FAIL"] else 0
 
 
