@@ -116,18 +116,24 @@ KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
 KVM_SYNC_X86_EVENTS = 1 << 2
 
-# The exec-trap extension (patches/): numbers chosen far above upstream's
-# ranges (6.12 ends at exit 39, capability 238, ioctl nr 0xd5).
+# The exec-trap extension (patches/), shaped like upstream's memory attributes and
+# KVM_EXIT_MEMORY_FAULT; exit and capability numbers far above upstream's.
 KVM_EXIT_EMULATE = 4096
-KVM_CAP_EXEC_TRAP = 4096          # KVM_CHECK_EXTENSION returns the ABI version
-KVM_EXEC_TRAP_ABI_VERSION = 1
-KVM_EXEC_TRAP_SET = 1 << 0        # kvm_exec_trap.flags: mark; without it, clear
-KVM_EMULATE_GVA_VALID = 1 << 0    # kvm_run.emulate.flags
+KVM_CAP_EXEC_TRAP = 4096                 # KVM_CHECK_EXTENSION returns a bitmask of features:
+KVM_EXEC_TRAP_FEATURE_NX = 1 << 1        # KVM_EXEC_TRAP_ATTR_NX and the KVM_EXIT_EMULATE below
+KVM_EXEC_TRAP_FEATURE_EMULATOR = 1 << 2  # fetches by KVM's instruction emulator trap too
+KVM_EXEC_TRAP_FIRST_ABI = 1              # what a kernel with the withdrawn first ABI reports
+KVM_EXEC_TRAP_ATTR_NX = 1 << 2           # kvm_exec_trap.attributes: fetches exit
+KVM_EMULATE_EXIT_FLAG_EXECUTE = 1 << 2   # kvm_run.emulate.flags (bits 0-31 as KVM_EXIT_MEMORY_FAULT's)
+KVM_EMULATE_EXIT_FLAG_GVA_VALID = 1 << 32
+KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY = 1 << 33
 
 # Names above that an older (6.1) <linux/kvm.h> lacks, and names only the
-# exec-trap patch's header defines (KVM_EXEC_TRAP_ABI_VERSION is the value the
+# exec-trap patch's header defines (KVM_EXEC_TRAP_FIRST_ABI is a value the
 # capability reports, not a header macro).
 NEWER_THAN_6_1 = frozenset({"KVM_EXIT_LOONGARCH_IOCSR", "KVM_EXIT_MEMORY_FAULT"})
-PATCH_CONSTANTS = frozenset({"KVM_EXIT_EMULATE", "KVM_CAP_EXEC_TRAP", "KVM_EXEC_TRAP_SET",
-                             "KVM_EMULATE_GVA_VALID", "KVM_SET_EXEC_TRAP"})
-NOT_IN_HEADER = frozenset({"KVM_EXEC_TRAP_ABI_VERSION"})
+PATCH_CONSTANTS = frozenset({
+    "KVM_EXIT_EMULATE", "KVM_CAP_EXEC_TRAP", "KVM_EXEC_TRAP_FEATURE_NX", "KVM_EXEC_TRAP_FEATURE_EMULATOR",
+    "KVM_EXEC_TRAP_ATTR_NX", "KVM_EMULATE_EXIT_FLAG_EXECUTE", "KVM_EMULATE_EXIT_FLAG_GVA_VALID",
+    "KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY", "KVM_SET_EXEC_TRAP"})
+NOT_IN_HEADER = frozenset({"KVM_EXEC_TRAP_FIRST_ABI"})

@@ -250,11 +250,10 @@ struct kvm_coalesced_mmio_ring {
 };
 
 struct kvm_exec_trap {
-    __u64 gpa;
+    __u64 address;
     __u64 size;
-    __u32 flags;
-    __u32 pad;
-    __u64 reserved[4];
+    __u64 attributes;
+    __u64 flags;
 };
 
 /* The x87 and SSE state in FXSAVE terms (ftwx: the abridged tag byte). */
@@ -344,8 +343,8 @@ struct kvm_run {
         struct {
             __u64 flags;
             __u64 gpa;
+            __u64 size;
             __u64 gva;
-            __u64 rip;
         } emulate;
         char padding[256];
     };

@@ -1,15 +1,59 @@
 #!/bin/bash
 # Fetch Debian's kernel source and headers for one series, apply the patch
-# series to a pristine tree, run checkpatch and build the KVM modules.
+# series to a pristine tree, run checkpatch and build the KVM modules and the
+# series' KVM selftest.
 #
 # usage: kbuild.sh SERIES ACTION
 #   SERIES  6.12 | 6.1
 #   ACTION  fetch | checkpatch | build | check | modules
+#        kbuild.sh series-for RELEASE
+#   prints the series whose modules are for kernel RELEASE (`uname -r`), or
+#   fails with one line naming the supported kernels
 #
 # Everything large lives under $CACHE (default /var/cache/v2e-kernel), never
 # in the repository.  Steps are stamped, so a second run with unchanged
 # patches only re-runs checkpatch and compares stamps.
 set -euo pipefail
+
+ALL_SERIES="6.12 6.1"
+
+# Debian's kernel for SERIES: sets SRC_PKG SRC_VER TARBALL KREL KCC.
+series_vars() {
+	case "$1" in
+	6.12)
+		SRC_PKG=linux-source-6.12
+		SRC_VER=6.12.117-1~deb12u1
+		TARBALL=linux-source-6.12.tar.xz
+		KREL=6.12.117+deb12-amd64
+		# CONFIG_CC_VERSION_TEXT of Debian's build
+		KCC=${KCC:-x86_64-linux-gnu-gcc-12}
+		;;
+	6.1)
+		SRC_PKG=linux-source-6.1
+		SRC_VER=6.1.192-2
+		TARBALL=linux-source-6.1.tar.xz
+		KREL=6.1.0-56-amd64
+		KCC=${KCC:-gcc-12}
+		;;
+	*)
+		return 1
+		;;
+	esac
+}
+
+if [ "${1:-}" = series-for ]; then
+	supported=""
+	for s in $ALL_SERIES; do
+		series_vars "$s"
+		if [ "$KREL" = "${2:?release}" ]; then
+			echo "$s"
+			exit 0
+		fi
+		supported="$supported${supported:+, }$KREL ($s)"
+	done
+	echo "kbuild.sh: no patch series for kernel $2; supported kernels: $supported" >&2
+	exit 1
+fi
 
 SERIES=${1:?series}
 ACTION=${2:?action}
@@ -17,27 +61,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CACHE:-/var/cache/v2e-kernel}
 JOBS=${JOBS:-$(nproc)}
 
-case "$SERIES" in
-6.12)
-	SRC_PKG=linux-source-6.12
-	SRC_VER=6.12.117-1~deb12u1
-	TARBALL=linux-source-6.12.tar.xz
-	KREL=6.12.117+deb12-amd64
-	# CONFIG_CC_VERSION_TEXT of Debian's build
-	KCC=${KCC:-x86_64-linux-gnu-gcc-12}
-	;;
-6.1)
-	SRC_PKG=linux-source-6.1
-	SRC_VER=6.1.192-2
-	TARBALL=linux-source-6.1.tar.xz
-	KREL=6.1.0-56-amd64
-	KCC=${KCC:-gcc-12}
-	;;
-*)
-	echo "kbuild.sh: unknown series '$SERIES' (6.12 or 6.1)" >&2
+if ! series_vars "$SERIES"; then
+	echo "kbuild.sh: unknown series '$SERIES' ($ALL_SERIES)" >&2
 	exit 2
-	;;
-esac
+fi
 HDR_PKG=linux-headers-$KREL
 IMG_PKG=linux-image-$KREL-unsigned
 # Debian builds both kernels with Debian's gcc 12, called by the name that
@@ -185,34 +212,79 @@ series_hash() {
 	cat "$PATCHDIR"/*.patch | sha256sum | cut -d' ' -f1
 }
 
+# True if an F: pattern of MAINTAINERS names a directory that holds FILE.
+covered_by_maintainers() {
+	local dir=$1
+	while dir=$(dirname "$dir") && [ "$dir" != . ]; do
+		grep -qE "^F:[[:space:]]+$dir/\$" "$PRISTINE/MAINTAINERS" && return 0
+	done
+	return 1
+}
+
+# checkpatch --strict with zero errors, warnings and checks.  Its one remark
+# that needs a human, "added file(s), does MAINTAINERS need updating?", is
+# answered here: every added file must be covered by a MAINTAINERS entry.
 checkpatch() {
-	local h out
+	local h out f
 	h=$(series_hash)
 	if [ "$(cat "$TOP/checkpatch.ok" 2>/dev/null)" = "$h" ]; then
 		log "checkpatch: unchanged series, passed before"
 		return
 	fi
+	for f in $(cat "$PATCHDIR"/*.patch |
+		awk '/^new file mode/ { new = 1; next } /^\+\+\+ b\// { if (new) print substr($2, 3); new = 0 }'); do
+		if ! covered_by_maintainers "$f"; then
+			echo "checkpatch: new file $f is not covered by MAINTAINERS" >&2
+			exit 1
+		fi
+		log "checkpatch: new file $f is covered by MAINTAINERS"
+	done
 	out=$(cd "$PRISTINE" && perl scripts/checkpatch.pl --strict \
-		"$PATCHDIR"/*.patch 2>&1) || true
+		--ignore FILE_PATH_CHANGES "$PATCHDIR"/*.patch 2>&1) || true
 	grep -E '^(total:|ERROR|WARNING|CHECK)' <<<"$out" || true
-	if [ "$(grep -c '^total: 0 errors, 0 warnings' <<<"$out")" -ne \
+	if [ "$(grep -c '^total: 0 errors, 0 warnings, 0 checks' <<<"$out")" -ne \
 		"$(ls "$PATCHDIR"/*.patch | wc -l)" ]; then
-		echo "checkpatch: errors or warnings in the $SERIES series" >&2
+		echo "checkpatch: errors, warnings or checks in the $SERIES series" >&2
 		exit 1
 	fi
 	echo "$h" >"$TOP/checkpatch.ok"
 }
 
-# Apply the series to the build tree.  Files changed by a previously applied
-# series are restored from the pristine tree first, so the series always
-# applies to pristine sources.
+# Files a set of patches touches (their paths after the patches).
+touched_files() {
+	cat "$@" | sed -n 's|^+++ b/||p' | sort -u
+}
+
+# Apply the series, patch by patch (later patches change lines earlier ones
+# add), to DIR.
+apply_patches() {
+	local p
+	for p in "$PATCHDIR"/*.patch; do
+		if ! (cd "$1" && git apply "$p"); then
+			echo "$(basename "$p") does not apply after the patches before it" >&2
+			exit 1
+		fi
+	done
+}
+
+# Apply the series to the build tree.  It must first apply to the pristine
+# sources: to a scratch copy of the files it touches.  In the build tree, files
+# changed by a previously applied series are restored from the pristine tree
+# first, so the series always applies to pristine sources.
 apply_series() {
-	local f
-	log "git apply --check against the pristine tree"
-	(cd "$PRISTINE" && git apply --check "$PATCHDIR"/*.patch)
+	local f scratch=$TOP/apply-check
+	log "git apply, patch by patch, to the pristine sources"
+	rm -rf "$scratch"
+	mkdir -p "$scratch"
+	for f in $(touched_files "$PATCHDIR"/*.patch); do
+		if [ -e "$PRISTINE/$f" ]; then
+			install -D -m 644 "$PRISTINE/$f" "$scratch/$f"
+		fi
+	done
+	apply_patches "$scratch"
+	rm -rf "$scratch"
 	if [ -d "$TOP/applied" ]; then
-		for f in $(cd "$TOP/applied" && cat ./*.patch |
-			sed -n 's|^+++ b/||p' | sort -u); do
+		for f in $(touched_files "$TOP/applied"/*.patch); do
 			if [ -e "$PRISTINE/$f" ]; then
 				cp "$PRISTINE/$f" "$BUILD/$f"
 				chmod u+w "$BUILD/$f"
@@ -222,13 +294,34 @@ apply_series() {
 		done
 		rm -rf "$TOP/applied"
 	fi
-	# Record the series before applying it: git apply is all or nothing,
-	# and restoring files that were not changed is harmless.
+	# Record the series before applying it: the files it touches are
+	# restored next time even if it stops half way.
 	mkdir -p "$TOP/applied"
 	cp "$PATCHDIR"/*.patch "$TOP/applied/"
-	log "git apply"
-	(cd "$BUILD" && git apply --check "$PATCHDIR"/*.patch &&
-		git apply "$PATCHDIR"/*.patch)
+	log "git apply to the build tree"
+	apply_patches "$BUILD"
+}
+
+# The series' selftest, against the patched uapi headers, statically linked so
+# that it runs in a minimal initramfs, for the baseline x86-64 ISA (ARCH=x86_64
+# keeps the selftests' -march=x86-64-v2 away: emulated CPUs may lack it).  It
+# must compile without warnings.
+SELFTEST=x86_64/exec_trap_test
+selftest() {
+	local out=$TOP/selftest
+	log "selftest: make headers + $SELFTEST"
+	kmake -s headers >"$TOP/selftest.log" 2>&1
+	rm -rf "$out"
+	if ! make -C "$BUILD/tools/testing/selftests/kvm" -j"$JOBS" ARCH=x86_64 \
+		OUTPUT="$out" LDFLAGS="-static -pthread -no-pie" \
+		"$out/$SELFTEST" >>"$TOP/selftest.log" 2>&1; then
+		tail -n 40 "$TOP/selftest.log" >&2
+		exit 1
+	fi
+	if grep -E "$SELFTEST\.c:[0-9]+:[0-9]+: (warning|error)" "$TOP/selftest.log"; then
+		echo "compiler warnings in $SELFTEST.c (above)" >&2
+		exit 1
+	fi
 }
 
 build() {
@@ -236,8 +329,9 @@ build() {
 	h=$(series_hash)
 	prepare_build_tree
 	if [ "$(cat "$TOP/built.hash" 2>/dev/null)" = "$h" ] &&
-		has_series_code "$BUILD/arch/x86/kvm/kvm.ko"; then
-		log "build: unchanged series, modules up to date"
+		has_series_code "$BUILD/arch/x86/kvm/kvm.ko" &&
+		[ -x "$TOP/selftest/$SELFTEST" ]; then
+		log "build: unchanged series, modules and selftest up to date"
 		abi_check "$BUILD"/arch/x86/kvm/{kvm,kvm-intel,kvm-amd}.ko
 		return
 	fi
@@ -259,6 +353,7 @@ build() {
 	log "no new warnings ($(wc -l <"$TOP/baseline.warnings") before," \
 		"$(wc -l <"$TOP/patched.warnings") after)"
 	abi_check "$BUILD"/arch/x86/kvm/{kvm,kvm-intel,kvm-amd}.ko
+	selftest
 	echo "$h" >"$TOP/built.hash"
 }
 
@@ -273,8 +368,9 @@ modules() {
 		strip --strip-debug -o "$OUT/$m.ko" "$BUILD/arch/x86/kvm/$m.ko"
 	done
 	abi_check "$OUT"/{kvm,kvm-intel,kvm-amd}.ko
+	strip -o "$OUT/exec_trap_test" "$TOP/selftest/$SELFTEST"
 	echo "$KREL" >"$OUT/KERNELRELEASE"
-	log "modules for $KREL in ${OUT#"$HERE"/}"
+	log "modules and exec_trap_test for $KREL in ${OUT#"$HERE"/}"
 }
 
 # One run per series at a time: concurrent runs would share the build tree.

@@ -113,4 +113,16 @@ def test_patch_members_fit_in_the_exit_union():
     emulate_end = ffi.offsetof("struct kvm_run", "emulate") + ffi.sizeof(ffi.new("struct kvm_run *").emulate)
     assert ffi.offsetof("struct kvm_run", "emulate") == union_start
     assert emulate_end <= ffi.offsetof("struct kvm_run", "kvm_valid_regs")
-    assert ffi.sizeof("struct kvm_exec_trap") == 56
+    assert ffi.sizeof("struct kvm_exec_trap") == 32
+
+
+def test_patch_exit_payload_starts_like_memory_fault():
+    """KVM_EXIT_EMULATE's payload begins with KVM_EXIT_MEMORY_FAULT's fields (flags, gpa, size,
+    all __u64, in that order at the start of the exit union) so that switching to upstream's exit
+    is mechanical; the exec-trap attribute and exit flag use the bit upstream reserves for X."""
+    union_start = ffi.offsetof("struct kvm_run", "hw")
+    offsets = [ffi.offsetof("struct kvm_run", "emulate", f) - union_start for f in ("flags", "gpa", "size", "gva")]
+    assert offsets == [0, 8, 16, 24], f"emulate field offsets {offsets}"
+    assert kvm_abi.KVM_EMULATE_EXIT_FLAG_EXECUTE == kvm_abi.KVM_EXEC_TRAP_ATTR_NX == 1 << 2
+    assert kvm_abi.KVM_EMULATE_EXIT_FLAG_GVA_VALID >> 32 and kvm_abi.KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY >> 32, \
+        "the exit's own flags must stay out of the bits KVM_EXIT_MEMORY_FAULT defines (0-31)"

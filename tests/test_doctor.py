@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+import kvm_abi as abi
+from vmm.doctor import _exec_trap_check
+
 from test_cli import vmm
 
 pytestmark = pytest.mark.kvm
@@ -48,7 +51,8 @@ def test_facts_match_sys_and_proc():
     assert checks["cpu"]["status"] == ("PASS" if host_virt_flags() else "WARN")
     assert checks["capabilities"]["status"] == "PASS"
     assert checks["vm"]["status"] == "PASS"
-    assert checks["v2e-patch"]["status"] == ("PASS" if facts["exec_trap_version"] else "WARN")
+    assert checks["v2e-patch"]["status"] == (
+        "PASS" if facts["exec_trap_features"] & abi.KVM_EXEC_TRAP_FEATURE_NX else "WARN")
     for module, parameter in (("kvm_intel", "ept"), ("kvm_amd", "npt")):
         path = f"/sys/module/{module}/parameters/{parameter}"
         if os.path.exists(path):
@@ -84,3 +88,16 @@ def test_permission_denied_names_the_fix(monkeypatch):
     opened = [check for check in checks if check.name == "open"]
     assert [check.status for check in opened] == ["FAIL"]
     assert "usermod -aG kvm" in opened[0].detail and 'GROUP="kvm", MODE="0660"' in opened[0].detail
+
+
+@pytest.mark.parametrize("features, status, words", [
+    (0, "WARN", "not loaded"),
+    (abi.KVM_EXEC_TRAP_FIRST_ABI, "WARN", "withdrawn first ABI"),
+    (abi.KVM_EXEC_TRAP_FEATURE_EMULATOR, "WARN", "without NX"),
+    (abi.KVM_EXEC_TRAP_FEATURE_NX | abi.KVM_EXEC_TRAP_FEATURE_EMULATOR, "PASS", "features NX, EMULATOR"),
+    (abi.KVM_EXEC_TRAP_FEATURE_NX | 1 << 9, "PASS", "features NX, unknown 0x200"),
+])
+def test_patch_line_names_the_reported_features(features, status, words):
+    check = _exec_trap_check(features)
+    assert (check.name, check.status) == ("v2e-patch", status), check
+    assert words in check.detail, f"{words!r} not in {check.detail!r}"

@@ -61,10 +61,12 @@ def test_unknown_exit_names_both_vendor_tables(run):
 
 
 def test_emulate_exit_from_the_exec_trap_patch(run):
-    exit = run(abi.KVM_EXIT_EMULATE, emulate__flags=abi.KVM_EMULATE_GVA_VALID,
-               emulate__gpa=0x203000, emulate__gva=0xffff800000203000, emulate__rip=0xffff800000203010)
+    exit = run(abi.KVM_EXIT_EMULATE,
+               emulate__flags=abi.KVM_EMULATE_EXIT_FLAG_EXECUTE | abi.KVM_EMULATE_EXIT_FLAG_GVA_VALID,
+               emulate__gpa=0x203000, emulate__size=0x1000, emulate__gva=0xffff800000203010)
     assert isinstance(exit, exits.Emulate), f"expected Emulate, got {exit!r}"
-    assert (exit.gpa, exit.gva, exit.rip, exit.gva_valid) == (0x203000, 0xffff800000203000, 0xffff800000203010, True)
+    assert (exit.gpa, exit.size, exit.gva, exit.gva_valid, exit.during_event_delivery) == (
+        0x203000, 0x1000, 0xffff800000203010, True, False)
 
 
 def test_io_exit_data_is_a_view_into_the_run_page(run):
@@ -114,3 +116,10 @@ def test_debug_exit(run):
                debug__arch__dr6=0xFFFF4FF0, debug__arch__dr7=0x400)
     assert isinstance(exit, exits.Debug), f"expected Debug, got {exit!r}"
     assert (exit.exception, exit.pc, exit.dr6, exit.dr7) == (1, 0x200005, 0xFFFF4FF0, 0x400)
+
+
+def test_every_exit_reason_keeps_its_name():
+    """Constants named KVM_EXIT_* that are not exit reasons must not shadow one in the names."""
+    for name in dir(abi):
+        if name.startswith("KVM_EXIT_") and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
+            assert exits.exit_name(getattr(abi, name)) == name[len("KVM_EXIT_"):], name

@@ -22,9 +22,11 @@ CC = shutil.which("gcc") or shutil.which("cc")
 PATCH = shutil.which("patch")
 
 CONSTANTS = ["KVM_EXIT_EMULATE", "KVM_CAP_EXEC_TRAP", "KVM_SET_EXEC_TRAP",
-             "KVM_EXEC_TRAP_SET", "KVM_EMULATE_GVA_VALID"]
-TRAP_FIELDS = ["gpa", "size", "flags", "pad", "reserved"]
-EMULATE_FIELDS = ["flags", "gpa", "gva", "rip"]
+             "KVM_EXEC_TRAP_FEATURE_NX", "KVM_EXEC_TRAP_FEATURE_EMULATOR", "KVM_EXEC_TRAP_ATTR_NX",
+             "KVM_EMULATE_EXIT_FLAG_EXECUTE", "KVM_EMULATE_EXIT_FLAG_GVA_VALID",
+             "KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY"]
+TRAP_FIELDS = ["address", "size", "attributes", "flags"]
+EMULATE_FIELDS = ["flags", "gpa", "size", "gva"]
 
 pytestmark = [
     pytest.mark.skipif(CC is None, reason="needs a C compiler for the probe"),
@@ -46,21 +48,22 @@ int main(void)
 	CONST(KVM_EXIT_EMULATE);
 	CONST(KVM_CAP_EXEC_TRAP);
 	CONST(KVM_SET_EXEC_TRAP);
-	CONST(KVM_EXEC_TRAP_SET);
-	CONST(KVM_EMULATE_GVA_VALID);
+	CONST(KVM_EXEC_TRAP_FEATURE_NX);
+	CONST(KVM_EXEC_TRAP_FEATURE_EMULATOR);
+	CONST(KVM_EXEC_TRAP_ATTR_NX);
+	CONST(KVM_EMULATE_EXIT_FLAG_EXECUTE);
+	CONST(KVM_EMULATE_EXIT_FLAG_GVA_VALID);
+	CONST(KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY);
 	printf("sizeof struct kvm_exec_trap %zu\n", sizeof(struct kvm_exec_trap));
-	OFF(struct kvm_exec_trap, gpa);
+	OFF(struct kvm_exec_trap, address);
 	OFF(struct kvm_exec_trap, size);
+	OFF(struct kvm_exec_trap, attributes);
 	OFF(struct kvm_exec_trap, flags);
-	OFF(struct kvm_exec_trap, pad);
-	OFF(struct kvm_exec_trap, reserved);
-	printf("sizeof struct kvm_exec_trap reserved %zu\n",
-	       sizeof(((struct kvm_exec_trap *)0)->reserved));
 	OFF(struct kvm_run, emulate);
 	OFF(struct kvm_run, emulate.flags);
 	OFF(struct kvm_run, emulate.gpa);
+	OFF(struct kvm_run, emulate.size);
 	OFF(struct kvm_run, emulate.gva);
-	OFF(struct kvm_run, emulate.rip);
 	printf("sizeof struct kvm_run %zu\n", sizeof(struct kvm_run));
 	return 0;
 }
@@ -121,8 +124,6 @@ def expected_from_kvm_abi():
     expected["sizeof struct kvm_exec_trap"] = ffi.sizeof("struct kvm_exec_trap")
     for field in TRAP_FIELDS:
         expected[f"offsetof struct kvm_exec_trap {field}"] = ffi.offsetof("struct kvm_exec_trap", field)
-    expected["sizeof struct kvm_exec_trap reserved"] = ffi.sizeof(
-        ffi.typeof("struct kvm_exec_trap").fields[TRAP_FIELDS.index("reserved")][1].type)
     expected["offsetof struct kvm_run emulate"] = ffi.offsetof("struct kvm_run", "emulate")
     for field in EMULATE_FIELDS:
         expected[f"offsetof struct kvm_run emulate.{field}"] = ffi.offsetof("struct kvm_run", "emulate", field)

@@ -9,7 +9,7 @@ import kvm_abi as abi
 from vmm.kvm import exits
 from vmm.trace.reader import read_trace
 from vmm.v2e import V2E
-from vmm.v2e.backends import PatchedBackend
+from vmm.v2e.backends import BackendUnavailable, PatchedBackend, choose_backend
 
 pytestmark = pytest.mark.kvm
 
@@ -19,21 +19,25 @@ RUN_SIZE = abi.ffi.sizeof("struct kvm_run")
 EMULATE_OFFSET = abi.ffi.offsetof("struct kvm_run", "emulate")
 
 
-def crafted_emulate(flags, gpa, gva, rip):
+EXECUTE, GVA_VALID = abi.KVM_EMULATE_EXIT_FLAG_EXECUTE, abi.KVM_EMULATE_EXIT_FLAG_GVA_VALID
+
+
+def crafted_emulate(flags, gpa, gva, size=0x1000):
     """A kvm_run page as the patched kernel fills it, written byte by byte."""
     buffer = abi.ffi.new("char[]", RUN_SIZE)
     view = memoryview(abi.ffi.buffer(buffer))
     struct.pack_into("<I", view, abi.ffi.offsetof("struct kvm_run", "exit_reason"), abi.KVM_EXIT_EMULATE)
-    struct.pack_into("<4Q", view, EMULATE_OFFSET, flags, gpa, gva, rip)
+    struct.pack_into("<4Q", view, EMULATE_OFFSET, flags, gpa, size, gva)
     return exits.decode(abi.ffi.cast("struct kvm_run *", buffer), view)
 
 
 def test_decode_reads_the_payload_in_order():
-    exit = crafted_emulate(abi.KVM_EMULATE_GVA_VALID, 0x200010, 0x7F0010, 0x7F0010)
+    exit = crafted_emulate(EXECUTE | GVA_VALID, 0x200000, 0x7F0010)
     assert isinstance(exit, exits.Emulate), f"expected an Emulate exit, got {exit!r}"
-    assert (exit.reason, exit.flags, exit.gpa, exit.gva, exit.rip, exit.gva_valid) == (
-        abi.KVM_EXIT_EMULATE, 1, 0x200010, 0x7F0010, 0x7F0010, True)
-    assert crafted_emulate(0, 0x200010, 0, 0x7F0010).gva_valid is False
+    assert (exit.reason, exit.flags, exit.gpa, exit.size, exit.gva, exit.gva_valid) == (
+        abi.KVM_EXIT_EMULATE, EXECUTE | GVA_VALID, 0x200000, 0x1000, 0x7F0010, True)
+    assert crafted_emulate(EXECUTE, 0x200000, 0).gva_valid is False
+    assert crafted_emulate(EXECUTE | abi.KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY, 0x200000, 0).during_event_delivery
 
 
 @pytest.fixture
@@ -41,7 +45,8 @@ def patched_machine(machine, monkeypatch):
     """A long-mode machine whose VM pretends to carry the patch; exec-trap calls are recorded.
     Guest: `mov $1, %eax; add $2, %eax; jmp HLT_AT` in the watched page, `hlt` at HLT_AT."""
     calls = []
-    monkeypatch.setattr(PatchedBackend, "available", staticmethod(lambda vm: abi.KVM_EXEC_TRAP_ABI_VERSION))
+    monkeypatch.setattr(PatchedBackend, "available", staticmethod(
+        lambda vm: abi.KVM_EXEC_TRAP_FEATURE_NX | abi.KVM_EXEC_TRAP_FEATURE_EMULATOR))
     vm = machine(serial_output=io.BytesIO(), mem_size=4 << 20)
     monkeypatch.setattr(vm.vm, "set_exec_trap", lambda gpa, size, mark: calls.append((gpa, size, mark)))
     vm.load(b"\xf4", mode="long", load_addr=HLT_AT, entry=WATCHED)
@@ -59,7 +64,7 @@ def test_emulate_exit_becomes_an_event_and_is_traced(patched_machine, tmp_path):
         assert calls == [(WATCHED, 0x1000, True)], f"arming: expected one mark call, got {calls}"
         # The handler starts the event: the trap is cleared while the vCPU single-steps. The
         # guest halts right after the page, before the engine would re-arm.
-        vm.loops[0].dispatch(crafted_emulate(abi.KVM_EMULATE_GVA_VALID, WATCHED, WATCHED, WATCHED))
+        vm.loops[0].dispatch(crafted_emulate(EXECUTE | GVA_VALID, WATCHED, WATCHED))
         assert calls[1:] == [(WATCHED, 0x1000, False)], f"event: expected the trap cleared, got {calls}"
         assert vm.loops[0].driver is not None, "the vCPU is not being stepped"
         outcome = vm.run(timeout=10)
@@ -79,15 +84,26 @@ def test_the_event_gva_is_rip_linear_address_without_a_valid_gva_in_the_exit(pat
     vm, _ = patched_machine
     seen = []
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched", on_event=seen.append):
-        vm.loops[0].dispatch(crafted_emulate(0, WATCHED, 0xDEAD, WATCHED))
+        vm.loops[0].dispatch(crafted_emulate(EXECUTE, WATCHED, 0xDEAD))
     assert [(e.gpa, e.gva) for e in seen] == [(WATCHED, WATCHED)]
 
 
 def test_emulate_exit_for_an_unwatched_gpa_is_an_error(patched_machine):
     vm, _ = patched_machine
     with V2E(vm, [(WATCHED, WATCHED + 0x1000)], backend="patched") as engine:
-        vm.loops[0].dispatch(crafted_emulate(1, 0x300000, 0x300000, 0x300000))
+        vm.loops[0].dispatch(crafted_emulate(EXECUTE | GVA_VALID, 0x300000, 0x300000))
         assert engine.events == 0
     assert vm.outcome is not None and vm.outcome.kind == "kvm-error", vm.outcome
     assert vm.outcome.message == ("vCPU 0: the patched backend reported a fetch from gpa 0x300000, "
                                   "which is not watched"), vm.outcome.message
+
+
+def test_the_first_exec_trap_abi_is_refused_in_one_line(machine, monkeypatch):
+    """A kernel with the withdrawn first ABI reports 1: --backend patched is refused, auto uses stock."""
+    monkeypatch.setattr(PatchedBackend, "available", staticmethod(lambda vm: abi.KVM_EXEC_TRAP_FIRST_ABI))
+    vm = machine(serial_output=io.BytesIO())
+    with pytest.raises(BackendUnavailable) as refused:
+        choose_backend("patched", vm)
+    message = str(refused.value)
+    assert "withdrawn" in message and "\n" not in message, message
+    assert choose_backend("auto", vm) == "stock"

@@ -156,7 +156,7 @@ def _kvm_checks(kvm, facts):
     checks.append(Check("smp", PASS if max_vcpus > 1 else WARN, f"up to {max_vcpus} vCPUs per VM"))
     try:
         with kvm.create_vm() as vm:
-            version = vm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)
+            features = vm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)
             vm.create_irqchip()
             vm.create_pit2(kvm_abi.KVM_PIT_SPEAKER_DUMMY)
             with vm.create_vcpu(0) as vcpu:
@@ -172,13 +172,30 @@ def _kvm_checks(kvm, facts):
                                                    "TSC shows the time spent tracing"))
     except KvmError as error:
         checks.append(Check("vm", FAIL, f"cannot create a VM with an in-kernel irqchip: {error}"))
-        version = kvm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)
-    facts["exec_trap_version"] = version
-    if version:
-        checks.append(Check("v2e-patch", PASS, f"exec-trap kernel patch loaded (ABI version {version})"))
-    else:
-        checks.append(Check("v2e-patch", WARN, "exec-trap kernel patch not loaded: V2E uses the stock backend"))
+        features = kvm.check_extension(kvm_abi.KVM_CAP_EXEC_TRAP)
+    facts["exec_trap_features"] = features
+    checks.append(_exec_trap_check(features))
     return checks
+
+
+EXEC_TRAP_FEATURES = (("KVM_EXEC_TRAP_FEATURE_NX", "NX"), ("KVM_EXEC_TRAP_FEATURE_EMULATOR", "EMULATOR"))
+
+
+def _exec_trap_check(features):
+    """The v2e-patch line: which exec-trap features KVM_CAP_EXEC_TRAP reports."""
+    if features == 0:
+        return Check("v2e-patch", WARN, "exec-trap kernel patch not loaded: V2E uses the stock backend")
+    if features == kvm_abi.KVM_EXEC_TRAP_FIRST_ABI:
+        return Check("v2e-patch", WARN, "exec-trap kernel patch with the withdrawn first ABI (KVM_CAP_EXEC_TRAP "
+                                        "reports 1): V2E uses the stock backend; install the current patch")
+    names = [label for name, label in EXEC_TRAP_FEATURES if features & getattr(kvm_abi, name)]
+    unknown = features & ~sum(getattr(kvm_abi, name) for name, _ in EXEC_TRAP_FEATURES)
+    if unknown:
+        names.append(f"unknown {unknown:#x}")
+    if not features & kvm_abi.KVM_EXEC_TRAP_FEATURE_NX:
+        return Check("v2e-patch", WARN, f"exec-trap kernel patch without NX ({', '.join(names)}): "
+                                        "V2E uses the stock backend")
+    return Check("v2e-patch", PASS, f"exec-trap kernel patch loaded (features {', '.join(names)})")
 
 
 def diagnose(kvm_path=KVM_DEVICE, sys_root="/sys", proc_root="/proc"):

@@ -5,7 +5,7 @@
 Self-contained (it does not use the harness): proves that the trimmed Python
 in the initramfs drives /dev/kvm. A real-mode guest does port I/O and HLT;
 with "patched" it also marks the page it jumps to with KVM_SET_EXEC_TRAP and
-expects one KVM_EXIT_EMULATE at that address (real mode: gva == rip).
+expects one KVM_EXIT_EMULATE for that page, with RIP at the jump target.
 Prints one line "E2E py-smoke key=value ... verdict=PASS|FAIL".
 """
 import mmap
@@ -37,7 +37,7 @@ struct kvm_sregs {
     uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
     uint64_t interrupt_bitmap[4];
 };
-struct kvm_exec_trap { uint64_t gpa, size; uint32_t flags, pad; uint64_t reserved[4]; };
+struct kvm_exec_trap { uint64_t address, size, attributes, flags; };
 struct kvm_run_head {
     uint8_t request_interrupt_window, immediate_exit, padding1[6];
     uint32_t exit_reason;
@@ -46,7 +46,7 @@ struct kvm_run_head {
     uint64_t cr8, apic_base;
     union {
         struct { uint8_t direction, size; uint16_t port; uint32_t count; uint64_t data_offset; } io;
-        struct { uint64_t flags, gpa, gva, rip; } emulate;
+        struct { uint64_t flags, gpa, size, gva; } emulate;
         char padding[256];
     };
 };
@@ -82,6 +82,8 @@ KVM_GET_SREGS = _IOR(0x83, ffi.sizeof("struct kvm_sregs"))
 KVM_SET_SREGS = _IOW(0x84, ffi.sizeof("struct kvm_sregs"))
 KVM_SET_EXEC_TRAP = _IOW(0xE8, ffi.sizeof("struct kvm_exec_trap"))
 KVM_CAP_EXEC_TRAP = 4096
+KVM_EXEC_TRAP_FEATURE_NX = 1 << 1
+KVM_EXEC_TRAP_ATTR_NX = 1 << 2
 KVM_EXIT_IO, KVM_EXIT_HLT, KVM_EXIT_EMULATE = 2, 5, 4096
 
 CODE = 0x1000
@@ -137,10 +139,11 @@ def main():
     cap = libc.ioctl(ffi.cast("int", vm), ffi.cast("unsigned long", KVM_CHECK_EXTENSION),
                      ffi.cast("int", KVM_CAP_EXEC_TRAP))
     out.append("cap=%d" % cap)
-    trap = ffi.new("struct kvm_exec_trap *", {"gpa": 0x3000, "size": 0x1000, "flags": 1})
+    trap = ffi.new("struct kvm_exec_trap *", {"address": 0x3000, "size": 0x1000,
+                                             "attributes": KVM_EXEC_TRAP_ATTR_NX})
     rc = libc.ioctl(ffi.cast("int", vm), ffi.cast("unsigned long", KVM_SET_EXEC_TRAP), trap)
     out.append("set=%d" % (rc if rc >= 0 else -ffi.errno))
-    if want_patched and (cap != 1 or rc != 0):
+    if want_patched and (not cap & KVM_EXEC_TRAP_FEATURE_NX or rc != 0):
         problems.append("exec trap not available")
     if not want_patched and (cap > 0 or rc == 0):
         problems.append("stock module accepts the exec trap")
@@ -153,9 +156,9 @@ def main():
             off = run.io.data_offset
             ports.append((run.io.port, run_map[off]))
         elif reason == KVM_EXIT_EMULATE:
-            e = run.emulate
-            events.append((e.gpa, e.rip))
-            trap.flags = 0
+            ioctl(vcpu, KVM_GET_REGS, regs)
+            events.append((run.emulate.gpa, run.emulate.size, regs.rip))
+            trap.attributes = 0
             ioctl(vm, KVM_SET_EXEC_TRAP, trap)
         elif reason == KVM_EXIT_HLT:
             break
@@ -164,11 +167,11 @@ def main():
             break
     out.append("io=%s" % ",".join("%#x:%#x" % p for p in ports))
     out.append("emulate=%d" % len(events))
-    for gpa, rip in events:
-        out.append("gpa=%#x rip=%#x" % (gpa, rip))
+    for gpa, size, rip in events:
+        out.append("gpa=%#x size=%#x rip=%#x" % (gpa, size, rip))
     if ports != [(0x10, 0x42), (0x11, 0x5a), (0x12, 0x77)]:
         problems.append("wrong port output")
-    expected = [(TARGET, TARGET)] if want_patched else []
+    expected = [(TARGET & ~0xfff, 0x1000, TARGET)] if want_patched else []
     if events != expected:
         problems.append("EMULATE events %s, wanted %s" % (events, expected))
     for p in problems:

@@ -4,8 +4,9 @@
  *   kvmtest smoke          real-mode guest: port I/O + HLT
  *   kvmtest trap patched   64-bit guest with paging; a page is marked with
  *                          KVM_SET_EXEC_TRAP; executing it must give exactly
- *                          one KVM_EXIT_EMULATE with the right gpa/gva/rip,
- *                          data reads and writes of it must not exit
+ *                          one KVM_EXIT_EMULATE with the right flags, gpa,
+ *                          size, gva and rip, data reads and writes of it
+ *                          must not exit
  *   kvmtest trap stock     same guest; the capability must be absent, the
  *                          ioctl refused, and no EMULATE exit may arrive
  *   kvmtest steps          for information: the exits seen while single-
@@ -30,25 +31,26 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* ABI of the exec-trap patch (patches/) */
+/* ABI of the exec-trap patch (patches/, include/uapi/linux/kvm.h there) */
 struct kvm_exec_trap {
-	__u64 gpa;
+	__u64 address;
 	__u64 size;
-	__u32 flags;
-	__u32 pad;
-	__u64 reserved[4];
+	__u64 attributes;
+	__u64 flags;
 };
-#define KVM_EXEC_TRAP_SET	1u
-#define KVM_SET_EXEC_TRAP	_IOW(KVMIO, 0xe8, struct kvm_exec_trap)
-#define KVM_CAP_EXEC_TRAP	4096
-#define KVM_EXIT_EMULATE	4096
+#define KVM_EXEC_TRAP_ATTR_NX		(1ull << 2)
+#define KVM_SET_EXEC_TRAP		_IOW(KVMIO, 0xe8, struct kvm_exec_trap)
+#define KVM_CAP_EXEC_TRAP		4096
+#define KVM_EXEC_TRAP_FEATURE_NX	(1 << 1)
+#define KVM_EXIT_EMULATE		4096
 struct kvm_exit_emulate {
-	__u64 flags;		/* bit0: gva valid */
-	__u64 gpa;
+	__u64 flags;
+	__u64 gpa;		/* the marked page [gpa, gpa + size) */
+	__u64 size;
 	__u64 gva;
-	__u64 rip;
 };
-#define KVM_EXIT_EMULATE_GVA_VALID 1ull
+#define KVM_EMULATE_EXIT_FLAG_EXECUTE	(1ull << 2)
+#define KVM_EMULATE_EXIT_FLAG_GVA_VALID	(1ull << 32)
 
 #define MEM_SIZE	0x200000ul
 
@@ -245,12 +247,12 @@ static void setup_long_mode(void)
 		die("KVM_SET_REGS");
 }
 
-static int exec_trap(struct kvm_exec_trap *t, uint64_t gpa, uint64_t size, uint32_t flags)
+static int exec_trap(struct kvm_exec_trap *t, uint64_t gpa, uint64_t size, uint64_t attributes)
 {
 	memset(t, 0, sizeof(*t));
-	t->gpa = gpa;
+	t->address = gpa;
 	t->size = size;
-	t->flags = flags;
+	t->attributes = attributes;
 	return ioctl(vm_fd, KVM_SET_EXEC_TRAP, t);
 }
 
@@ -279,6 +281,8 @@ static int trap(int expect_patched)
 	int cap, rc, err, exits = 0, emulates = 0, nio = 0, halted = 0;
 	uint32_t got[3] = { 0 };
 	struct kvm_exit_emulate e0 = { 0 };
+	uint64_t rip0 = 0;
+	struct kvm_regs regs;
 
 	strcpy(line, expect_patched ? "E2E trap-patched" : "E2E trap-stock");
 	setup();
@@ -289,12 +293,12 @@ static int trap(int expect_patched)
 
 	cap = ioctl(vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_EXEC_TRAP);
 	out(" cap=%d", cap);
-	rc = exec_trap(&t, TRAP_GPA, 0x1000, KVM_EXEC_TRAP_SET);
+	rc = exec_trap(&t, TRAP_GPA, 0x1000, KVM_EXEC_TRAP_ATTR_NX);
 	err = rc < 0 ? errno : 0;
 	out(" set=%d", rc < 0 ? -err : rc);
 	if (expect_patched) {
-		if (cap != 1)
-			fail("KVM_CAP_EXEC_TRAP not reported");
+		if (cap <= 0 || !(cap & KVM_EXEC_TRAP_FEATURE_NX))
+			fail("KVM_CAP_EXEC_TRAP is %d, without KVM_EXEC_TRAP_FEATURE_NX", cap);
 		if (rc < 0)
 			fail("KVM_SET_EXEC_TRAP failed: %s", strerror(err));
 	} else {
@@ -324,12 +328,17 @@ static int trap(int expect_patched)
 		if (run->exit_reason == KVM_EXIT_EMULATE) {
 			struct kvm_exit_emulate *e = (void *)&run->mmio;
 
-			if (!emulates)
+			if (ioctl(vcpu_fd, KVM_GET_REGS, &regs) < 0)
+				die("KVM_GET_REGS");
+			if (!emulates) {
 				e0 = *e;
+				rip0 = regs.rip;
+			}
 			emulates++;
-			printf("E2E-EVENT EMULATE flags=%#llx gpa=%#llx gva=%#llx rip=%#llx\n",
+			printf("E2E-EVENT EMULATE flags=%#llx gpa=%#llx size=%#llx gva=%#llx rip=%#llx\n",
 			       (unsigned long long)e->flags, (unsigned long long)e->gpa,
-			       (unsigned long long)e->gva, (unsigned long long)e->rip);
+			       (unsigned long long)e->size, (unsigned long long)e->gva,
+			       (unsigned long long)regs.rip);
 			/* a real engine would emulate here; unmark and let it run */
 			if (exec_trap(&t, TRAP_GPA, 0x1000, 0) < 0)
 				die("KVM_SET_EXEC_TRAP clear");
@@ -344,9 +353,10 @@ static int trap(int expect_patched)
 	}
 	out(" exits=%d emulate=%d", exits, emulates);
 	if (emulates)
-		out(" gpa=%#llx gva=%#llx rip=%#llx eflags=%#llx",
-		    (unsigned long long)e0.gpa, (unsigned long long)e0.gva,
-		    (unsigned long long)e0.rip, (unsigned long long)e0.flags);
+		out(" gpa=%#llx size=%#llx gva=%#llx rip=%#llx eflags=%#llx",
+		    (unsigned long long)e0.gpa, (unsigned long long)e0.size,
+		    (unsigned long long)e0.gva, (unsigned long long)rip0,
+		    (unsigned long long)e0.flags);
 	out(" out10=%#x out11=%#x out12=%#x halted=%d", got[0], got[1], got[2], halted);
 	if (nio != 3 || got[0] != 0x44332211 || got[1] != 0x12345678 || got[2] != 0x77 || !halted)
 		fail("guest did not run to completion with the right output");
@@ -354,11 +364,14 @@ static int trap(int expect_patched)
 		if (emulates != 1)
 			fail("expected exactly one EMULATE exit, got %d", emulates);
 		else {
-			if (e0.gpa != TRAP_GPA + TRAP_OFF)
-				fail("EMULATE gpa %#llx != %#lx", (unsigned long long)e0.gpa, TRAP_GPA + TRAP_OFF);
-			if (e0.rip != TRAP_GVA + TRAP_OFF)
-				fail("EMULATE rip %#llx != %#lx", (unsigned long long)e0.rip, TRAP_GVA + TRAP_OFF);
-			if ((e0.flags & KVM_EXIT_EMULATE_GVA_VALID) && e0.gva != TRAP_GVA + TRAP_OFF)
+			if (e0.gpa != TRAP_GPA || e0.size != 0x1000)
+				fail("EMULATE gpa %#llx size %#llx, wanted the page %#lx", (unsigned long long)e0.gpa,
+				     (unsigned long long)e0.size, TRAP_GPA);
+			if (!(e0.flags & KVM_EMULATE_EXIT_FLAG_EXECUTE))
+				fail("EMULATE flags %#llx without EXECUTE", (unsigned long long)e0.flags);
+			if (rip0 != TRAP_GVA + TRAP_OFF)
+				fail("EMULATE rip %#llx != %#lx", (unsigned long long)rip0, TRAP_GVA + TRAP_OFF);
+			if ((e0.flags & KVM_EMULATE_EXIT_FLAG_GVA_VALID) && e0.gva != TRAP_GVA + TRAP_OFF)
 				fail("EMULATE gva %#llx != %#lx", (unsigned long long)e0.gva, TRAP_GVA + TRAP_OFF);
 		}
 	} else if (emulates) {

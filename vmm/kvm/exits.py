@@ -111,16 +111,21 @@ class SystemEvent(VcpuExit):
 
 @dataclass(slots=True)
 class Emulate(VcpuExit):
-    """KVM_EXIT_EMULATE from the exec-trap patch: an instruction fetch from a marked page."""
+    """KVM_EXIT_EMULATE from the exec-trap patch: an instruction fetch from the marked page
+    [gpa, gpa + size); gva is the fetch's linear address when gva_valid."""
 
     flags: int
     gpa: int
+    size: int
     gva: int
-    rip: int
 
     @property
     def gva_valid(self):
-        return bool(self.flags & abi.KVM_EMULATE_GVA_VALID)
+        return bool(self.flags & abi.KVM_EMULATE_EXIT_FLAG_GVA_VALID)
+
+    @property
+    def during_event_delivery(self):
+        return bool(self.flags & abi.KVM_EMULATE_EXIT_FLAG_EVENT_DELIVERY)
 
 
 @dataclass(slots=True)
@@ -197,7 +202,7 @@ _DECODERS = {
     abi.KVM_EXIT_UNKNOWN: lambda reason, run, view: Unknown(reason, run.hw.hardware_exit_reason),
     abi.KVM_EXIT_SYSTEM_EVENT: _decode_system_event,
     abi.KVM_EXIT_EMULATE: lambda reason, run, view: Emulate(
-        reason, run.emulate.flags, run.emulate.gpa, run.emulate.gva, run.emulate.rip),
+        reason, run.emulate.flags, run.emulate.gpa, run.emulate.size, run.emulate.gva),
 }
 
 

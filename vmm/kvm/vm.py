@@ -69,7 +69,7 @@ class Vm(libc.FileDescriptor):
     def set_exec_trap(self, gpa, size, mark):
         """The exec-trap patch's KVM_SET_EXEC_TRAP: mark (or clear) a page-aligned gpa range."""
         trap = libc.ffi.new("struct kvm_exec_trap *", {
-            "gpa": gpa, "size": size, "flags": kvm_abi.KVM_EXEC_TRAP_SET if mark else 0})
+            "address": gpa, "size": size, "attributes": kvm_abi.KVM_EXEC_TRAP_ATTR_NX if mark else 0})
         libc.ioctl(self.fd, kvm_abi.KVM_SET_EXEC_TRAP, trap)
 
     def create_vcpu(self, vcpu_id):

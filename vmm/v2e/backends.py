@@ -126,7 +126,7 @@ class PatchedBackend:
 
     @staticmethod
     def available(vm):
-        """The patch's ABI version on this VM (0 when the kernel lacks the patch)."""
+        """The patch's feature bits on this VM (0 when the kernel lacks the patch)."""
         return vm.check_extension(abi.KVM_CAP_EXEC_TRAP)
 
     def start(self):
@@ -172,16 +172,20 @@ def choose_backend(name, machine):
         raise VmmError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "stock":
         return "stock"
-    version = PatchedBackend.available(machine.vm)
-    if version == abi.KVM_EXEC_TRAP_ABI_VERSION:
+    features = PatchedBackend.available(machine.vm)
+    if features & abi.KVM_EXEC_TRAP_FEATURE_NX:
         return "patched"
     if name == "auto":
         return "stock"
-    if version == 0:
+    if features == abi.KVM_EXEC_TRAP_FIRST_ABI:
+        raise BackendUnavailable("--backend patched: this host's exec-trap patch is the first, withdrawn "
+                                 "version of its ABI (KVM_CAP_EXEC_TRAP reports 1); install the current "
+                                 "one (make -C patches install) or use --backend stock")
+    if features == 0:
         raise BackendUnavailable("--backend patched: this host's KVM lacks the exec-trap patch "
                                  "(KVM_CAP_EXEC_TRAP is not reported); use --backend stock or auto")
-    raise BackendUnavailable(f"--backend patched: the exec-trap patch speaks ABI version {version}, "
-                             f"this VMM speaks {abi.KVM_EXEC_TRAP_ABI_VERSION}")
+    raise BackendUnavailable("--backend patched: this host's exec-trap patch lacks KVM_EXEC_TRAP_FEATURE_NX "
+                             f"(KVM_CAP_EXEC_TRAP reports {features:#x}); use --backend stock or auto")
 
 
 def select_backend(name, machine, watch):
