@@ -142,3 +142,23 @@ def test_the_demo_check_finds_the_program_text_and_nothing_else(tmp_path):
     assert problems and "no layer holds" in problems[0], problems
     problems, _ = cases.check_upx(dump(tmp_path / "other", ("0x1000", region), ("0x2000", bytes(size))), program)
     assert problems == [f"layer 2 at rip {parsed.entry:#x} is in another address space (cr3 0x2000)"], problems
+
+
+@pytest.mark.malformed_traces
+@pytest.mark.parametrize("field, value, text", [("cr3", "0x5000", "is not the sregs'"), ("cpl", 7, "cpl")])
+def test_an_event_whose_cpl_or_cr3_is_wrong_is_refused(tmp_path, field, value, text):
+    import json
+
+    from trace_samples import write_loop_trace
+    from vmm.errors import BadInput
+    from vmm.trace.reader import read_trace
+    path = tmp_path / "trace.jsonl"
+    write_loop_trace(path, 3)
+    lines = path.read_text().splitlines()
+    event = json.loads(lines[1])
+    assert (event["type"], event["cpl"], event["cr3"]) == ("event", 0, event["sregs"]["cr3"]), event
+    event[field] = value
+    lines[1] = json.dumps(event)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInput, match=text):
+        read_trace(path)

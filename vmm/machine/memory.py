@@ -114,14 +114,20 @@ class GuestMemory:
             if state == MAPPED and slot is not None:
                 self._vm.set_user_memory_region(slot, start, end - start, self._host(start), self._flags(state))
 
-    def dirty_pages(self):
-        """The MAPPED pages the guest wrote since the last call (since log_dirty_pages() at first),
-        including those of slots the layout deleted since."""
+    def dirty_pages(self, near=None):
+        """The MAPPED pages the guest wrote since their slot's log was last read (at first, since
+        log_dirty_pages()), and those of slots the layout deleted since. near: read only the logs
+        of the slots holding these pages (reading a slot's log clears it)."""
         pages, self._dirty = self._dirty, set()
-        if self._log_dirty:
-            for start, end, state, slot in self._runs:
-                if state == MAPPED and slot is not None:
-                    pages.update(self._logged_pages(slot, start, end))
+        if not self._log_dirty:
+            return pages
+        if near is None:
+            runs = self._runs
+        else:
+            runs = {id(run): run for run in (self._run_at(page) for page in near)}.values()
+        for start, end, state, slot in runs:
+            if state == MAPPED and slot is not None:
+                pages.update(self._logged_pages(slot, start, end))
         return pages
 
     def _logged_pages(self, slot, start, end):

@@ -123,14 +123,21 @@ class UserUnpacker:
                 for page in pages:
                     self._write_epoch[page] = self._epoch
 
-    def _harvest(self):
-        """The pages KVM's dirty log says were written since the last harvest: the current
-        epoch's (patched; before the first user mode nothing is logged, nor needs to be)."""
+    def _harvest(self, near=None):
+        """The pages KVM's dirty log says were written since it was last read: the current
+        epoch's (patched; before the first user mode nothing is logged, nor needs to be). Every
+        log is read when an epoch ends; in between, the logs of the slots holding `near`."""
         if self._dirty_log and self._epoch:
             tracked = self.tracked
-            for page in self.machine.memory.dirty_pages():
+            for page in self.machine.memory.dirty_pages(near):
                 if page in tracked:
                     self._write_epoch[page] = self._epoch
+
+    def _written_after(self, page, space):
+        """Whether the page was written after the address space was first seen in user mode."""
+        if self._write_epoch.get(page, 0) < space.epoch:
+            self._harvest((page,))
+        return self._write_epoch.get(page, 0) >= space.epoch
 
     def _on_mmio(self, loop, interception, exit):
         page = exit.phys_addr & PAGE_MASK
@@ -197,7 +204,6 @@ class UserUnpacker:
             return None
         self.user_fetches += 1
         space, seen_before = self._space(sregs.cr3)
-        self._harvest()
         memory = self.machine.memory
         rip_linear = linear_rip(values[RIP], sregs)
         rip_gpa = paging.translate(memory, sregs, rip_linear)
@@ -239,7 +245,7 @@ class UserUnpacker:
         start was not seen, written through this mapping."""
         if not (translation.user and translation.executable):
             return False
-        return self._write_epoch.get(page, 0) >= space.epoch or (not seen_before and translation.dirty)
+        return self._written_after(page, space) or (not seen_before and translation.dirty)
 
     # -- layers --------------------------------------------------------------
 
@@ -277,7 +283,7 @@ class UserUnpacker:
             "pages_written": [f"{page:#x}" for page in sorted(region)],
             "last_writer_rip": None if writer is None else f"{writer:#x}",
             "address_space": {"number": space.number, "cr3": f"{space.cr3:#x}", "seen_before": seen_before},
-            "written_after_first_user_run": self._write_epoch.get(entry, 0) >= space.epoch,
+            "written_after_first_user_run": self._written_after(entry, space),
             "written_through_mapping": translation.dirty,
         })
         self.files.record(name, record)
