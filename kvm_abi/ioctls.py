@@ -42,6 +42,7 @@ KVM_GET_SUPPORTED_CPUID = _IOWR(0x05, "struct kvm_cpuid2")
 
 # VM ioctls.
 KVM_CREATE_VCPU = _IO(0x41)
+KVM_GET_DIRTY_LOG = _IOW(0x42, "struct kvm_dirty_log")
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, "struct kvm_userspace_memory_region")
 KVM_SET_TSS_ADDR = _IO(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(0x48, "__u64")

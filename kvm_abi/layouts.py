@@ -235,6 +235,15 @@ struct kvm_device_attr {
     __u64 addr;
 };
 
+struct kvm_dirty_log {
+    __u32 slot;
+    __u32 padding1;
+    union {
+        void *dirty_bitmap;
+        __u64 padding2;
+    };
+};
+
 struct kvm_coalesced_mmio_zone {
     __u64 addr;
     __u32 size;

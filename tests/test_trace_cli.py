@@ -61,7 +61,7 @@ def test_show_disassembles_each_instruction_in_att_syntax(traces):
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith(f"trace {traces['long']}: format version 2 from vmm ")
     assert lines[1] == ("event 1: vCPU 0 executes watched page 0x200000 at rip 0x200000 (gpa 0x200000, gva "
-                        "0x200000; long mode, 64-bit code, stock backend) -> trace")
+                        "0x200000; long mode, 64-bit code, CPL 0, cr3 0x2000, stock backend) -> trace")
     assert "    00200030  25 00 00 18 00 c3 70 61 79 6c 6f 61 64 20 72 75  |%.....payload ru|" in lines
     assert steps(result) == [
         ["#1", "0x200000", "be", "36", "00", "20", "00", "mov", "$0x200036,%esi", "rsi=0x200036"],

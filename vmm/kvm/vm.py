@@ -24,6 +24,15 @@ class Vm(libc.FileDescriptor):
             "memory_size": memory_size, "userspace_addr": userspace_addr})
         libc.ioctl(self.fd, kvm_abi.KVM_SET_USER_MEMORY_REGION, region)
 
+    def get_dirty_log(self, slot, pages):
+        """KVM_GET_DIRTY_LOG: the bitmap of a slot's pages written since the last call (one bit
+        per page, as 64-bit words), which KVM then clears and write-protects again."""
+        bitmap = libc.ffi.new("__u64[]", (pages + 63) // 64)
+        log = libc.ffi.new("struct kvm_dirty_log *", {"slot": slot})
+        log.dirty_bitmap = bitmap
+        libc.ioctl(self.fd, kvm_abi.KVM_GET_DIRTY_LOG, log)
+        return bitmap
+
     def set_tss_addr(self, address):
         libc.ioctl(self.fd, kvm_abi.KVM_SET_TSS_ADDR, address)
 

@@ -58,6 +58,8 @@ class GuestMemory:
         self._starts = []          # the runs' starts, for bisect
         self._free_slots = []      # slot numbers given back, taken again first
         self._unused_slot = 0      # the lowest slot number never taken
+        self._log_dirty = False    # KVM logs the writes to MAPPED slots (dirty_pages())
+        self._dirty = set()        # pages logged in slots deleted since the last dirty_pages()
 
     # -- layout --------------------------------------------------------------
 
@@ -101,6 +103,47 @@ class GuestMemory:
         changes = {page: MAPPED for page in self.unmapped_pages - pages}
         changes.update({page: UNMAPPED for page in pages})
         self.set_page_states(changes)
+
+    def log_dirty_pages(self):
+        """From now on KVM logs which pages of the MAPPED slots the guest writes (what
+        dirty_pages() returns); READONLY and UNMAPPED pages exit on writes instead."""
+        if self._log_dirty:
+            return
+        self._log_dirty = True
+        for start, end, state, slot in self._runs:
+            if state == MAPPED and slot is not None:
+                self._vm.set_user_memory_region(slot, start, end - start, self._host(start), self._flags(state))
+
+    def dirty_pages(self, near=None):
+        """The MAPPED pages the guest wrote since their slot's log was last read (at first, since
+        log_dirty_pages()), and those of slots the layout deleted since. near: read only the logs
+        of the slots holding these pages (reading a slot's log clears it)."""
+        pages, self._dirty = self._dirty, set()
+        if not self._log_dirty:
+            return pages
+        if near is None:
+            runs = self._runs
+        else:
+            runs = {id(run): run for run in (self._run_at(page) for page in near)}.values()
+        for start, end, state, slot in runs:
+            if state == MAPPED and slot is not None:
+                pages.update(self._logged_pages(slot, start, end))
+        return pages
+
+    def _logged_pages(self, slot, start, end):
+        bitmap = self._vm.get_dirty_log(slot, (end - start) // PAGE_SIZE)
+        pages = []
+        for index, word in enumerate(bitmap):
+            while word:
+                low = word & -word
+                pages.append(start + (index * 64 + low.bit_length() - 1) * PAGE_SIZE)
+                word ^= low
+        return pages
+
+    def _flags(self, state):
+        if state == READONLY:
+            return abi.KVM_MEM_READONLY
+        return abi.KVM_MEM_LOG_DIRTY_PAGES if self._log_dirty else 0
 
     def page_state(self, page):
         return self._run_at(page)[2]
@@ -162,6 +205,8 @@ class GuestMemory:
         wanted = set(runs)
         for start, end, state, slot in old:
             if (start, end, state) not in wanted and slot is not None:
+                if self._log_dirty and state == MAPPED:     # its log goes with it
+                    self._dirty.update(self._logged_pages(slot, start, end))
                 self._vm.set_user_memory_region(slot, start, 0, self._host(start))
                 self._free_slots.append(slot)
         new = []
@@ -169,8 +214,7 @@ class GuestMemory:
             slot = kept.get((start, end, state))
             if slot is None and state != UNMAPPED:
                 slot = self._take_slot()
-                flags = abi.KVM_MEM_READONLY if state == READONLY else 0
-                self._vm.set_user_memory_region(slot, start, end - start, self._host(start), flags)
+                self._vm.set_user_memory_region(slot, start, end - start, self._host(start), self._flags(state))
             new.append((start, end, state, slot))
         self._runs[first:stop] = new
         self._starts[first:stop] = [run[0] for run in new]

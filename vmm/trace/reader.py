@@ -63,6 +63,8 @@ class Event:
     regs: tuple           # the registers at the event, GENERAL_REGISTERS order
     pages: tuple          # ((gpa, sha256), ...)
     record: dict
+    cpl: int | None = None    # None in traces of vmm versions that did not record it
+    cr3: int | None = None
 
 
 @dataclass(slots=True)
@@ -120,6 +122,9 @@ class Layer:
     size: int
     file: str
     record: dict
+    cpl: int | None = None    # None in traces of vmm versions that did not record it
+    cr3: int | None = None
+    gva: int | None = None    # a user-mode layer's region: its linear address (--unpack-user)
 
 
 @dataclass(slots=True)
@@ -282,9 +287,16 @@ class TraceReader:
         regs = record["regs"]
         values = tuple(int(regs[name], 16) for name in GENERAL_REGISTERS)
         gva = record["gva"]
+        cr3 = record.get("cr3")
+        if cr3 is not None and int(cr3, 16) != int(record["sregs"]["cr3"], 16):
+            self._fail(number, f"event {index}: cr3 {cr3} is not the sregs' {record['sregs']['cr3']}")
+        cpl = record.get("cpl")
+        if cpl is not None and record["mode"] == "real" and cpl != 0:
+            self._fail(number, f"event {index}: CPL {cpl} in real mode")
         event = Event(number, index, vcpu, record["backend"], int(record["gpa"], 16), int(record["page"], 16),
                       None if gva is None else int(gva, 16), int(record["rip"], 16), record["mode"],
-                      record["bits"], record["decision"], values, pages, record)
+                      record["bits"], record["decision"], values, pages, record, cpl,
+                      None if cr3 is None else int(cr3, 16))
         state.begin(event)
         return event
 
@@ -364,8 +376,10 @@ class TraceReader:
 
     def _layer(self, number, record, state):
         entry, region = record["entry"], record["region"]
+        gva = region.get("gva")
         return Layer(number, record["layer"], record["vcpu"], int(entry["rip"], 16), int(entry["gpa"], 16),
-                     int(region["gpa"], 16), region["size"], region["file"], record)
+                     int(region["gpa"], 16), region["size"], region["file"], record, record.get("cpl"),
+                     int(record["cr3"], 16), None if gva is None else int(gva, 16))
 
     def _summary(self, number, record, state):
         if state.open:

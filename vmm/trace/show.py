@@ -87,9 +87,10 @@ def event_line(event, symbolize=None):
     gva = "gva unknown" if event.gva is None else f"gva {event.gva:#x}"
     name = symbolize(event.rip) if symbolize else None
     where = f"{event.rip:#x} <{name}>" if name else f"{event.rip:#x}"
+    privilege = "" if event.cpl is None else f"CPL {event.cpl}, cr3 {event.cr3:#x}, "
     return (f"event {event.index}: vCPU {event.vcpu} executes watched page {event.page:#x} at rip "
-            f"{where} (gpa {event.gpa:#x}, {gva}; {event.mode} mode, {event.bits}-bit code, {event.backend} "
-            f"backend) -> {event.decision}")
+            f"{where} (gpa {event.gpa:#x}, {gva}; {event.mode} mode, {event.bits}-bit code, {privilege}"
+            f"{event.backend} backend) -> {event.decision}")
 
 
 def leave_line(leave):
@@ -99,8 +100,10 @@ def leave_line(leave):
 
 
 def layer_line(layer):
-    return (f"layer {layer.index}: vCPU {layer.vcpu} runs code it wrote at rip {layer.rip:#x} (gpa {layer.gpa:#x}); "
-            f"{layer.size} bytes from {layer.region:#x} dumped to {layer.file}")
+    privilege = "" if layer.cpl is None else f", CPL {layer.cpl}, cr3 {layer.cr3:#x}"
+    start = f"linear {layer.gva:#x}" if layer.gva is not None else f"{layer.region:#x}"
+    return (f"layer {layer.index}: vCPU {layer.vcpu} runs code it wrote at rip {layer.rip:#x} (gpa {layer.gpa:#x}"
+            f"{privilege}); {layer.size} bytes from {start} dumped to {layer.file}")
 
 
 def summary_line(summary, header):

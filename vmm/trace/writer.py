@@ -134,7 +134,7 @@ class TraceWriter:
             "type": "event", "event": event.index, "vcpu": event.vcpu_id, "backend": event.backend,
             "gpa": f"{event.gpa:#x}", "page": f"{event.page:#x}", "gva": hex_or_none(event.gva),
             "rip": f"{event.rip:#x}", "mode": event.mode, "bits": _code_bits(event.sregs),
-            "decision": decision.value, "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs),
+            "cpl": event.cpl, "cr3": f"{event.cr3:#x}", "decision": decision.value, "regs": _hex_tree(event.regs), "sregs": _hex_tree(event.sregs),
             "pages": [[f"{gpa:#x}", digest] for gpa, digest, _ in digests]}
         self._events[event.index] = _EventState(tuple(event.regs[name] for name in GENERAL_REGISTERS),
                                                 event.gpa - event.rip, event.index)

@@ -43,10 +43,12 @@ class CoalescedRing:
         self.writes = 0
 
     def drain(self):
+        """Apply the buffered writes; the pages they wrote."""
         with self._lock:
             first, last = _RING_HEADER.unpack_from(self._page, 0)
             if first == last:
-                return
+                return ()
+            pages = set()
             while first != last:
                 if first >= _RING_ENTRIES:   # the ring's indices come from the kernel; stay inside it
                     first = 0
@@ -55,23 +57,37 @@ class CoalescedRing:
                 if 0 < length <= 8 and self._memory.contains(gpa, length):
                     self._memory.write(gpa, data[:length])
                     self.writes += 1
+                    pages.add(gpa & PAGE_MASK)
                 first = (first + 1) % _RING_ENTRIES
             struct.pack_into("<I", self._page, 0, first)
+            return pages
 
 
-class StockBackend:
-    name = "stock"
-    exit_reason = abi.KVM_EXIT_INTERNAL_ERROR
+class _Backend:
+    """What both backends do the same way: clean pages are in read-only memslots."""
 
     def __init__(self, machine):
         self._memory = machine.memory
         self._vm = machine.vm
-        self._zones = []       # [start, end) gpa ranges registered as coalesced zones
-        offset = machine.kvm.check_extension(abi.KVM_CAP_COALESCED_MMIO)
-        self.ring = CoalescedRing(machine.vcpus[0].mapping_page(offset), machine.memory) if offset else None
 
     def start(self, pages):
         self._memory.set_page_states({page: READONLY for page in pages})
+
+    def protect(self, pages):
+        """Pages made plain RAM by stop() are write-protected (clean) again, still executable."""
+        self._memory.set_page_states({page: READONLY for page in pages})
+
+
+class StockBackend(_Backend):
+    name = "stock"
+    exit_reason = abi.KVM_EXIT_INTERNAL_ERROR
+    sees_written_writes = True     # written pages are out of the memslots: their writes reach the VMM
+
+    def __init__(self, machine):
+        super().__init__(machine)
+        self._zones = []       # [start, end) gpa ranges registered as coalesced zones
+        offset = machine.kvm.check_extension(abi.KVM_CAP_COALESCED_MMIO)
+        self.ring = CoalescedRing(machine.vcpus[0].mapping_page(offset), machine.memory) if offset else None
 
     def written(self, pages):
         self._memory.set_page_states({page: UNMAPPED for page in pages})
@@ -91,8 +107,8 @@ class StockBackend:
         self._memory.set_page_states({page: MAPPED for page in pages})
 
     def drain(self):
-        if self.ring is not None:
-            self.ring.drain()
+        """Apply the writes buffered in the coalesced ring; the pages they wrote."""
+        return self.ring.drain() if self.ring is not None else ()
 
     def fetch_target(self, exit, vcpu, rip, sregs, written):
         """The written page an instruction fetch failed on (with the linear address), or None."""
@@ -134,17 +150,11 @@ class StockBackend:
             self._coalesce(keep)
 
 
-class PatchedBackend:
+class PatchedBackend(_Backend):
     name = "patched"
     exit_reason = abi.KVM_EXIT_EMULATE
-
-    def __init__(self, machine):
-        self._memory = machine.memory
-        self._vm = machine.vm
-        self.ring = None
-
-    def start(self, pages):
-        self._memory.set_page_states({page: READONLY for page in pages})
+    ring = None
+    sees_written_writes = False    # written pages stay mapped and writable
 
     def written(self, pages):
         self._memory.set_page_states({page: MAPPED for page in pages})
@@ -162,7 +172,7 @@ class PatchedBackend:
         self._memory.set_page_states({page: MAPPED for page in pages})
 
     def drain(self):
-        pass
+        return ()
 
     def fetch_target(self, exit, vcpu, rip, sregs, written):
         if exit.gpa & PAGE_MASK not in written:

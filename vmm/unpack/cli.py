@@ -6,6 +6,7 @@ import sys
 from ..errors import BadInput
 from ..v2e.watch import parse_watch
 from .engine import DEFAULT_MAX_LAYERS, Unpacker
+from .user import UserUnpacker
 
 
 def _range(text):
@@ -35,6 +36,9 @@ def add_run_options(run):
                        help=f"end the unpacking analysis after N layers; the guest runs on (default: {DEFAULT_MAX_LAYERS})")
     group.add_argument("--trace-layers", action="store_true",
                        help="trace each layer from its entry until it leaves its region (V2E), into --trace")
+    group.add_argument("--unpack-user", action="store_true",
+                       help="report only code run in user mode (CPL 3) that was written after its address space "
+                            "first ran in user mode (a process unpacking itself), not what the kernel loaded or runs")
 
 
 def attach(machine, args, stack, image, on_layer=None):
@@ -44,6 +48,8 @@ def attach(machine, args, stack, image, on_layer=None):
     if args.unpack is None:
         if args.dump_dir:
             raise BadInput("--dump-dir needs --unpack")
+        if args.unpack_user:
+            raise BadInput("--unpack-user needs --unpack")
         return None
     if not args.dump_dir:
         raise BadInput("--unpack needs --dump-dir DIR")
@@ -57,10 +63,10 @@ def attach(machine, args, stack, image, on_layer=None):
         tracer = V2E(machine, [], backend=None, trace_path=args.trace, max_instructions=args.max_instructions,
                      tsc_per_step=args.tsc_per_step, image_path=os.path.abspath(args.image), image=image)
         stack.callback(tracer.close)
-    unpacker = Unpacker(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
-                        on_layer=lambda vcpu, record: _on_layer(vcpu, record, args.max_layers, on_layer),
-                        tracer=tracer,
-                        trace_layers=args.trace_layers)
+    kind = UserUnpacker if args.unpack_user else Unpacker
+    unpacker = kind(machine, args.dump_dir, args.unpack, backend=args.backend, max_layers=args.max_layers,
+                    on_layer=lambda vcpu, record: _on_layer(vcpu, record, args.max_layers, on_layer),
+                    tracer=tracer, trace_layers=args.trace_layers)
     stack.callback(_close, unpacker)
     return unpacker
 
@@ -72,10 +78,14 @@ def _on_layer(vcpu, record, max_layers, then):
 
 
 def _layer_line(record, max_layers):
-    entry = record["entry"]
-    print(f"vmm: unpack: layer {record['layer']} at rip {entry['rip']} (gpa {entry['gpa']}), "
-          f"{record['region']['size'] // 4096} page(s) from {record['region']['gpa']} -> {record['region']['file']}",
-          file=sys.stderr)
+    entry, region = record["entry"], record["region"]
+    if "address_space" in record:
+        where = (f"CPL {record['cpl']}, cr3 {record['cr3']}, address space {record['address_space']['number']}), "
+                 f"{region['size'] // 4096} page(s) from linear {region['gva']}")
+    else:
+        where = f"{region['size'] // 4096} page(s) from {region['gpa']}"
+    print(f"vmm: unpack: layer {record['layer']} at rip {entry['rip']} (gpa {entry['gpa']}"
+          f"{', ' if 'address_space' in record else '), '}{where} -> {region['file']}", file=sys.stderr)
     if record["layer"] == max_layers:
         print(f"vmm: unpack: {max_layers} layers: the unpacking analysis ends here, the guest runs on",
               file=sys.stderr)
@@ -84,6 +94,10 @@ def _layer_line(record, max_layers):
 def _close(unpacker):
     unpacker.close()
     summary = unpacker.summary()
-    print(f"vmm: unpack: {summary['layers']} layer(s) ({summary['backend']} backend), dumps in {summary['dump_dir']}",
-          file=sys.stderr)
+    if "address_spaces" in summary:
+        print(f"vmm: unpack: {summary['layers']} user-mode layer(s) in {summary['address_spaces']} address space(s) "
+              f"seen in user mode ({summary['backend']} backend), dumps in {summary['dump_dir']}", file=sys.stderr)
+    else:
+        print(f"vmm: unpack: {summary['layers']} layer(s) ({summary['backend']} backend), dumps in "
+              f"{summary['dump_dir']}", file=sys.stderr)
 

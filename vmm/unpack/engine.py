@@ -14,22 +14,19 @@ segment descriptors) cannot live in read-only or missing memslots: the paging st
 GDT and LDT the vCPUs use are left out of tracking, when the unpacker starts, at each layer,
 and when a write hits one.
 """
-import hashlib
-import json
-import os
-import tempfile
 import threading
 
 import kvm_abi as abi
 
-from ..errors import BadInput, OutputError
+from ..errors import BadInput
 from ..x86 import paging
 from ..x86.boot import BOOT_AREA
-from ..x86.mode import cpu_mode, linear_rip
+from ..x86.mode import cpu_mode, linear_rip, privilege_level
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
-from ..x86.registers import CR0_PE, RIP, general_registers_as_dict
+from ..x86.registers import CR0_PE, RFLAGS, RIP, general_registers_as_dict
 from ..v2e.watch import WatchSet
 from .backends import select_backend
+from .dumps import LayerFiles
 
 DEFAULT_MAX_LAYERS = 64
 # A write to the page after one just written (a decompressor filling memory) hands over the
@@ -37,10 +34,6 @@ DEFAULT_MAX_LAYERS = 64
 # milliseconds, far more than the guest's writes. A page handed over before the guest writes
 # it keeps a copy of its contents; if they are unchanged when it runs, it was not written.
 MAX_AHEAD = 64
-
-
-class DumpError(OutputError):
-    """A dump could not be written (the disk is full, the directory went away)."""
 
 
 class Unpacker:
@@ -55,16 +48,9 @@ class Unpacker:
         if max_layers < 1:
             raise BadInput(f"--max-layers must be at least 1, got {max_layers}")
         self.machine = machine
-        self.dump_dir = _dump_directory(dump_dir)
-        # Outside real mode the VMM put its GDT and page tables in BOOT_AREA: not the guest's.
-        mode = "real" if not machine.vcpus[0].get_sregs().cr0 & CR0_PE else "protected"
-        if ranges:
-            tracked = WatchSet(ranges, machine.memory, mode).pages
-        else:
-            tracked = frozenset(page for region in machine.memory.regions
-                                for page in range(region.gpa, region.end, PAGE_SIZE)
-                                if mode == "real" or not BOOT_AREA[0] <= page < BOOT_AREA[1])
-        self.tracked = tracked
+        self.files = LayerFiles(dump_dir)
+        self.dump_dir = self.files.directory
+        self.tracked = tracked_pages(machine, ranges)
         self.backend = select_backend(backend, machine)
         self.max_layers = max_layers
         self.on_layer = on_layer
@@ -78,7 +64,6 @@ class Unpacker:
         self._batch = 1
         self._written_since_layer = set()
         self._last_writer = {}           # page -> RIP of the write that last made it written
-        self._dumped = {}                # sha256 -> file name: identical contents are written once
         self._system = set()             # page-table and descriptor-table pages found so far
         self._lock = threading.RLock()
         self._interceptions = []
@@ -86,7 +71,7 @@ class Unpacker:
         self._started = False
         try:
             for vcpu in machine.vcpus:
-                self._system.update(_system_pages(machine.memory, vcpu.get_sregs()))
+                self._system.update(system_pages(machine.memory, vcpu.get_sregs()))
             self.tracked = self.tracked - self._system
             self.backend.start(self.tracked)
             self._started = True
@@ -197,7 +182,7 @@ class Unpacker:
             self.backend.stop(pages)
 
     def _layer(self, vcpu, values, sregs, gpa):
-        system = _system_pages(self.machine.memory, sregs)
+        system = system_pages(self.machine.memory, sregs)
         self._system.update(system)
         self._untrack(system)
         self.layers += 1
@@ -210,29 +195,15 @@ class Unpacker:
             end += PAGE_SIZE
         end += PAGE_SIZE
         region = list(range(start, end, PAGE_SIZE))
-        data = self.machine.memory.read(start, end - start)
-        digest = hashlib.sha256(data).hexdigest()
         name = f"layer-{self.layers}-{start:#x}"
-        data_file = self._dumped.get(digest)
-        if data_file is None:
-            data_file = f"{name}.bin"
-            _write_atomically(os.path.join(self.dump_dir, data_file), data)
-            self._dumped[digest] = data_file
-        mode, bits = cpu_mode(sregs)
+        digest, data_file = self.files.region(name, self.machine.memory.read(start, end - start))
+        record = layer_record(self.layers, vcpu, values, sregs, gpa, self.backend.name)
         writer = self._last_writer.get(page)
-        record = {
-            "layer": self.layers, "vcpu": vcpu.id, "entry": {
-                "gpa": f"{gpa:#x}", "gva": f"{linear_rip(values[RIP], sregs):#x}", "rip": f"{values[RIP]:#x}"},
-            "mode": mode, "bits": bits,
-            "regs": {name: f"{value:#x}" for name, value in general_registers_as_dict(values).items()},
-            "cr3": f"{sregs.cr3:#x}",
+        record.update({
             "region": {"gpa": f"{start:#x}", "size": end - start, "sha256": digest, "file": data_file},
             "pages_written": [f"{p:#x}" for p in sorted(since)],
-            "last_writer_rip": None if writer is None else f"{writer:#x}",
-            "backend": self.backend.name,
-        }
-        _write_atomically(os.path.join(self.dump_dir, f"{name}.json"),
-                          (json.dumps(record, indent=2) + "\n").encode())
+            "last_writer_rip": None if writer is None else f"{writer:#x}"})
+        self.files.record(name, record)
         self._written_since_layer.clear()
         self._clean(region)
         return record, region
@@ -270,7 +241,28 @@ class Unpacker:
         self.close()
 
 
-def _system_pages(memory, sregs):
+def tracked_pages(machine, ranges):
+    """The pages an unpacker tracks: `ranges`, or all RAM but (outside real mode) the VMM's GDT
+    and page tables in BOOT_AREA, which are not the guest's."""
+    mode = "real" if not machine.vcpus[0].get_sregs().cr0 & CR0_PE else "protected"
+    if ranges:
+        return WatchSet(ranges, machine.memory, mode).pages
+    return frozenset(page for region in machine.memory.regions for page in range(region.gpa, region.end, PAGE_SIZE)
+                     if mode == "real" or not BOOT_AREA[0] <= page < BOOT_AREA[1])
+
+
+def layer_record(index, vcpu, values, sregs, gpa, backend):
+    """The fields every layer record has: where the layer was entered and the CPU state there."""
+    mode, bits = cpu_mode(sregs)
+    return {
+        "layer": index, "vcpu": vcpu.id, "entry": {
+            "gpa": f"{gpa:#x}", "gva": f"{linear_rip(values[RIP], sregs):#x}", "rip": f"{values[RIP]:#x}"},
+        "mode": mode, "bits": bits, "cpl": privilege_level(sregs, values[RFLAGS]),
+        "regs": {name: f"{value:#x}" for name, value in general_registers_as_dict(values).items()},
+        "cr3": f"{sregs.cr3:#x}", "backend": backend}
+
+
+def system_pages(memory, sregs):
     """The pages the CPU writes itself as it runs: the paging structures reachable from CR3
     (accessed and dirty bits) and, in protected mode, the GDT and LDT (descriptors' accessed
     bits)."""
@@ -286,33 +278,3 @@ def _system_pages(memory, sregs):
     return pages
 
 
-def _dump_directory(path):
-    """The dump directory, created if missing; BadInput when it cannot be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise BadInput(f"{path}: cannot create the dump directory: {error.strerror}") from None
-    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-        raise BadInput(f"{path}: the dump directory is not a writable directory")
-    return path
-
-
-def _write_atomically(path, data):
-    """A dump file is complete or absent: written beside, then renamed into place."""
-    directory = os.path.dirname(path)
-    try:
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
-    except OSError as error:
-        raise DumpError(f"{path}: cannot write the dump: {error.strerror}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise DumpError(f"{path}: cannot write the dump: {error.strerror}") from None

@@ -2,7 +2,9 @@
 instructions), and the analysis's decisions about them."""
 import enum
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+from ..x86.mode import privilege_level
 from ..x86.registers import general_registers_as_dict
 
 
@@ -17,8 +19,8 @@ class Decision(enum.Enum):
 class EmulateEvent:
     """One entry into the watched pages, whichever backend trapped it: the first instruction's
     guest-physical and linear address and RIP, the CPU mode, the registers before it (regs,
-    sregs: dicts), and the watched page it touches (its own page, or the next one for an
-    instruction that runs into a watched page)."""
+    sregs: dicts; cpl and cr3 come from them), and the watched page it touches (its own page,
+    or the next one for an instruction that runs into a watched page)."""
 
     index: int
     vcpu_id: int
@@ -31,10 +33,21 @@ class EmulateEvent:
     sregs: dict
     page: int
 
+    @property
+    def cpl(self):
+        """The privilege level the first instruction runs at (3: user mode)."""
+        sregs = SimpleNamespace(cr0=self.sregs["cr0"], cs=SimpleNamespace(selector=self.sregs["cs"]["selector"]))
+        return privilege_level(sregs, self.regs["rflags"])
+
+    @property
+    def cr3(self):
+        """CR3 at the event: which address space the code runs in."""
+        return self.sregs["cr3"]
+
     def __repr__(self):
         gva = "None" if self.gva is None else f"{self.gva:#x}"
         return (f"EmulateEvent(#{self.index}, vcpu={self.vcpu_id}, backend={self.backend}, "
-                f"gpa={self.gpa:#x}, gva={gva}, rip={self.rip:#x})")
+                f"gpa={self.gpa:#x}, gva={gva}, rip={self.rip:#x}, cpl={self.cpl}, cr3={self.cr3:#x})")
 
 
 @dataclass(slots=True, repr=False)

@@ -17,6 +17,7 @@ PAGE_MASK = ~(PAGE_SIZE - 1)
 PTE_P = 1 << 0
 PTE_RW = 1 << 1
 PTE_US = 1 << 2
+PTE_D = 1 << 6     # dirty: the CPU sets it on a write through the entry (a leaf)
 PTE_PS = 1 << 7
 PTE_NX = 1 << 63
 # Bits 51:12 of an 8-byte entry hold the next table's (or the page's) physical address.
@@ -25,8 +26,9 @@ _ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 
 @dataclass(slots=True, frozen=True)
 class Translation:
-    """Where a linear address lands, what every level of the walk allows, and the entries the
-    walk read: (gpa, size) of each, top level first (empty without paging)."""
+    """Where a linear address lands, what every level of the walk allows, the entries the
+    walk read: (gpa, size) of each, top level first (empty without paging), and whether the
+    leaf entry is dirty (written through since the OS last cleared its D bit)."""
 
     physical: int
     page_size: int
@@ -34,6 +36,7 @@ class Translation:
     user: bool
     executable: bool
     entries: tuple = ()
+    dirty: bool = False
 
 
 def _entry(memory, gpa, size, path):
@@ -68,12 +71,12 @@ def _walk_32bit(memory, sregs, linear, path):
         # PSE-36: bits 20:13 of the entry are bits 39:32 of the page's address.
         base = (pde & 0xFFC00000) | ((pde >> 13) & 0xFF) << 32
         return Translation(base | (linear & 0x3FFFFF), 4 << 20, bool(pde & PTE_RW), bool(pde & PTE_US), True,
-                           tuple(path))
+                           tuple(path), bool(pde & PTE_D))
     pte = _entry(memory, (pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4, 4, path)
     if pte is None or not pte & PTE_P:
         return None
     return Translation((pte & 0xFFFFF000) | (linear & 0xFFF), PAGE_SIZE,
-                       bool(pde & pte & PTE_RW), bool(pde & pte & PTE_US), True, tuple(path))
+                       bool(pde & pte & PTE_RW), bool(pde & pte & PTE_US), True, tuple(path), bool(pte & PTE_D))
 
 
 def _walk_levels(memory, table, linear, shifts, nx_enabled, path):
@@ -92,7 +95,8 @@ def _walk_levels(memory, table, linear, shifts, nx_enabled, path):
         if last or (entry & PTE_PS and shift in (30, 21)):
             size = 1 << shift
             base = entry & _ADDRESS_MASK & ~(size - 1)
-            return Translation(base | (linear & (size - 1)), size, writable, user, executable, tuple(path))
+            return Translation(base | (linear & (size - 1)), size, writable, user, executable, tuple(path),
+                               bool(entry & PTE_D))
         table = entry & _ADDRESS_MASK
     return None
 
@@ -111,6 +115,18 @@ def _walk_long(memory, sregs, linear, path):
         return None   # not canonical
     shifts = (48, 39, 30, 21, 12) if bits == 57 else (39, 30, 21, 12)
     return _walk_levels(memory, sregs.cr3 & _ADDRESS_MASK, linear, shifts, bool(sregs.efer & EFER_NXE), path)
+
+
+# CR3 bits 51:13: the top-level table's page with bit 12 folded, so the page-table-isolation
+# pair (the kernel's table and, 4 KiB above it, the user half's) is one address space; bits
+# 11:0 hold the PCID (PWT and PCD with CR4.PCIDE clear).
+_ADDRESS_SPACE_MASK = 0x000F_FFFF_FFFF_E000
+
+
+def address_space(cr3):
+    """What identifies an address space in CR3: its top-level table, without the PCID and with
+    the page-table-isolation pair folded (two adjacent tables are taken for one)."""
+    return cr3 & _ADDRESS_SPACE_MASK
 
 
 def table_pages(memory, sregs, limit=8192):

@@ -36,6 +36,7 @@ EFER_NXE = 1 << 11
 RFLAGS_FIXED = 1 << 1   # reads as 1 on every CPU
 RFLAGS_TF = 1 << 8
 RFLAGS_RF = 1 << 16   # the instruction at RIP runs once without its instruction breakpoint
+RFLAGS_VM = 1 << 17   # virtual-8086 mode
 
 # DR6: B0-B3 (breakpoint conditions met) and BS (single step); DR7: L0/G0 .. L3/G3.
 DR6_B0_B3 = 0xF
