@@ -36,7 +36,37 @@ DEFAULT_MAX_LAYERS = 64
 MAX_AHEAD = 64
 
 
-class Unpacker:
+class Tracking:
+    """What both unpackers share: the end of tracking (the layer budget spent, or close()) and
+    the context manager. A subclass has _lock, backend, tracked, active, _started and its
+    lists of run-loop _interceptions and _observations."""
+
+    def _stop_tracking(self):
+        """The layer budget is spent: every tracked page is plain RAM again, the guest runs on."""
+        with self._lock:
+            self.active = False
+            self.backend.stop(self.tracked)
+
+    def close(self):
+        for observation in self._observations:
+            observation.remove()
+        for interception in self._interceptions:
+            interception.restore()
+        self._interceptions, self._observations = [], []
+        if self._started:
+            if self.active:
+                self.backend.stop(self.tracked)
+            self.active = False
+            self._started = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Unpacker(Tracking):
     """Track guest-physical ranges of a machine (default: all RAM but the VMM's own GDT and page
     tables) and report every layer. on_layer(vcpu, record) sees each layer's record (a dict)
     on the vCPU's thread, the vCPU about to execute the layer's first instruction."""
@@ -208,12 +238,6 @@ class Unpacker:
         self._clean(region)
         return record, region
 
-    def _stop_tracking(self):
-        """The layer budget is spent: every tracked page is plain RAM again, the guest runs on."""
-        with self._lock:
-            self.active = False
-            self.backend.stop(self.tracked)
-
     # -- the end -------------------------------------------------------------
 
     def summary(self):
@@ -221,24 +245,6 @@ class Unpacker:
                 "budget_reached": self.layers >= self.max_layers, "tracked_pages": len(self.tracked),
                 "guest_writes_seen": self.writes, "dump_dir": self.dump_dir,
                 "coalesced_writes": self.backend.ring.writes if self.backend.ring is not None else 0}
-
-    def close(self):
-        for observation in self._observations:
-            observation.remove()
-        for interception in self._interceptions:
-            interception.restore()
-        self._interceptions, self._observations = [], []
-        if self._started:
-            if self.active:
-                self.backend.stop(self.tracked)
-            self.active = False
-            self._started = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def tracked_pages(machine, ranges):

@@ -42,7 +42,7 @@ from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from ..x86.registers import RFLAGS, RIP
 from .backends import select_backend
 from .dumps import LayerFiles
-from .engine import DEFAULT_MAX_LAYERS, layer_record, system_pages, tracked_pages
+from .engine import DEFAULT_MAX_LAYERS, Tracking, layer_record, system_pages, tracked_pages
 
 # A layer's region stops after this many pages (64 MiB) on either side of the entry page.
 MAX_REGION_PAGES = 16384
@@ -59,7 +59,7 @@ class AddressSpace:
     layers: int = 0
 
 
-class UserUnpacker:
+class UserUnpacker(Tracking):
     """Track guest-physical ranges (default: all RAM but the VMM's GDT and page tables) and
     report every user-mode layer. on_layer(vcpu, record) sees each layer's record (a dict), outside the lock; tracer is
     a V2E engine without a trap that gets a record of each layer (and traces it with
@@ -294,12 +294,6 @@ class UserUnpacker:
         self.backend.clean(region)
         return record, region
 
-    def _stop_tracking(self):
-        """The layer budget is spent: every tracked page is plain RAM again, the guest runs on."""
-        with self._lock:
-            self.active = False
-            self.backend.stop(self.tracked)
-
     # -- the end -------------------------------------------------------------
 
     def summary(self):
@@ -308,21 +302,3 @@ class UserUnpacker:
                 "address_spaces": len(self._spaces), "kernel_fetches": self.kernel_fetches,
                 "user_fetches": self.user_fetches, "write_exits": self.write_exits, "dump_dir": self.dump_dir,
                 "coalesced_writes": self.backend.ring.writes if self.backend.ring is not None else 0}
-
-    def close(self):
-        for observation in self._observations:
-            observation.remove()
-        for interception in self._interceptions:
-            interception.restore()
-        self._interceptions, self._observations = [], []
-        if self._started:
-            if self.active:
-                self.backend.stop(self.tracked)
-            self.active = False
-            self._started = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
