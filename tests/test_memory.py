@@ -90,3 +90,39 @@ def test_random_page_state_changes_keep_the_slots_a_partition_of_ram(machine, se
         host = memory.regions[0].host_addr
         assert memory.slots == [(start, end - start, host + start, state == READONLY)
                                 for start, end, state in expected if state != UNMAPPED]
+
+
+def test_a_vcpu_running_while_its_slot_is_replaced_never_sees_the_window(machine):
+    """KVM cannot split a memslot in one step: the VMM deletes the slot and creates the new
+    ones, and a vCPU running meanwhile faults on RAM that has no slot for a moment (an
+    emulation failure at its fetch, or an MMIO exit for its load or store). The run loop
+    does what the fault stopped on RAM, or runs the instruction again: the guest
+    (guest_images/memslot_window.s) loops over loads and stores in the slot the host
+    replaces 300 times, and every load reads what its store wrote."""
+    import threading
+
+    from conftest import GUESTS
+    vm = machine(mem_size=16 << 20)
+    image = (GUESTS / "memslot_window.bin").read_bytes()
+    vm.load(image, mode="long")
+    stop_flag = 0x100000 + 0x800
+    toggled = threading.Event()
+
+    def replace_slots():
+        try:
+            for turn in range(300):
+                vm.memory.set_page_states({8 << 20: READONLY if turn % 2 == 0 else MAPPED})
+        finally:
+            vm.memory.write(stop_flag, (1).to_bytes(8, "little"))
+            toggled.set()
+
+    thread = threading.Thread(target=replace_slots)
+    thread.start()
+    try:
+        outcome = vm.run(timeout=60)
+    finally:
+        thread.join()
+    assert toggled.is_set()
+    assert outcome.kind == "done", outcome
+    turns, mismatches = vm.ucalls.reports[0].args[:2]
+    assert turns > 0 and mismatches == 0, f"{turns} turns, {mismatches} loads read something else"

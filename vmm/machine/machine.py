@@ -62,11 +62,13 @@ class Machine:
         self.outcome = None
         self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
+        self._vcpu_threads = []   # while run() runs them
         self._resources = contextlib.ExitStack()
         try:
             self.kvm = self._resources.enter_context(Kvm(kvm_path))
             self.vm = self._resources.enter_context(self.kvm.create_vm())
             self.memory = GuestMemory(self.vm)
+            self.memory.quiesce = self._vcpus_out_of_kvm_run
             self._resources.callback(self.memory.close)
             self.memory.add_ram(0, mem_size)
             self.machine_type = machine_type
@@ -161,9 +163,21 @@ class Machine:
             if self.outcome is not None:
                 return self.outcome
 
+    @contextlib.contextmanager
+    def _vcpus_out_of_kvm_run(self):
+        """While the vCPU threads run: every vCPU but the caller's is parked outside KVM_RUN
+        (GuestMemory.quiesce: its memslots are being replaced)."""
+        pause = self.pause() if self._vcpu_threads else None
+        try:
+            yield
+        finally:
+            if pause is not None:
+                pause.resume()
+
     def _run_vcpus(self, deadline, timeout):
         errors = []
         threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]
+        self._vcpu_threads = threads
         try:
             for thread in threads:
                 thread.start()
@@ -181,6 +195,7 @@ class Machine:
             self.stop(interrupted("SIGTERM"))
         finally:
             self._join_vcpus(threads)
+            self._vcpu_threads = []
         if errors:
             raise errors[0]
 

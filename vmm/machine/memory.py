@@ -5,6 +5,7 @@ taken out of the slot layout (so guest accesses to them exit to userspace)
 while their contents stay in the backing mmap.
 """
 import bisect
+import contextlib
 
 import kvm_abi as abi
 
@@ -60,6 +61,11 @@ class GuestMemory:
         self._unused_slot = 0      # the lowest slot number never taken
         self._log_dirty = False    # KVM logs the writes to MAPPED slots (dirty_pages())
         self._dirty = set()        # pages logged in slots deleted since the last dirty_pages()
+        # KVM cannot split or merge a memslot in one step: the slot is deleted, then the new
+        # ones are created, and a vCPU running in between faults on RAM without a slot (an
+        # emulation failure at a fetch, an MMIO exit for a load, a page walk gone wrong).
+        # quiesce() (the machine's) keeps every other vCPU out of KVM_RUN meanwhile.
+        self.quiesce = contextlib.nullcontext
 
     # -- layout --------------------------------------------------------------
 
@@ -202,6 +208,14 @@ class GuestMemory:
         only the memslots that differ."""
         old = self._runs[first:stop]
         kept = {(start, end, state): slot for start, end, state, slot in old}
+        wanted = set(runs)
+        if any((start, end, state) not in wanted and slot is not None for start, end, state, slot in old):
+            with self.quiesce():
+                self._replace_slots(first, stop, runs, old, kept)
+        else:
+            self._replace_slots(first, stop, runs, old, kept)
+
+    def _replace_slots(self, first, stop, runs, old, kept):
         wanted = set(runs)
         for start, end, state, slot in old:
             if (start, end, state) not in wanted and slot is not None:
