@@ -106,6 +106,7 @@ KVM_CAP_SYNC_REGS = 74
 KVM_CAP_VCPU_ATTRIBUTES = 127
 KVM_CAP_COALESCED_MMIO = 15       # returns the ring's page offset in the vCPU mapping
 KVM_CAP_SET_GUEST_DEBUG2 = 195    # returns the supported kvm_guest_debug.control bits
+KVM_CAP_EXIT_ON_EMULATION_FAILURE = 204   # KVM_ENABLE_CAP: emulation failures exit at every CPL
 
 # vCPU device attributes: the TSC offset (KVM_CAP_VCPU_ATTRIBUTES).
 KVM_VCPU_TSC_CTRL = 0

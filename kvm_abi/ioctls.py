@@ -73,6 +73,7 @@ KVM_GET_VCPU_EVENTS = _IOR(0x9F, "struct kvm_vcpu_events")
 KVM_SET_VCPU_EVENTS = _IOW(0xA0, "struct kvm_vcpu_events")
 KVM_GET_DEBUGREGS = _IOR(0xA1, "struct kvm_debugregs")
 KVM_SET_DEBUGREGS = _IOW(0xA2, "struct kvm_debugregs")
+KVM_ENABLE_CAP = _IOW(0xA3, "struct kvm_enable_cap")   # also a VM ioctl
 KVM_SET_DEVICE_ATTR = _IOW(0xE1, "struct kvm_device_attr")
 KVM_GET_DEVICE_ATTR = _IOW(0xE2, "struct kvm_device_attr")
 KVM_HAS_DEVICE_ATTR = _IOW(0xE3, "struct kvm_device_attr")

@@ -96,6 +96,14 @@ struct kvm_cpuid2 {
     struct kvm_cpuid_entry2 entries[];
 };
 
+/* KVM_ENABLE_CAP (on the VM fd): turn a capability on with its arguments. */
+struct kvm_enable_cap {
+    __u32 cap;
+    __u32 flags;
+    __u64 args[4];
+    __u8  pad[64];
+};
+
 struct kvm_translation {
     __u64 linear_address;
     __u64 physical_address;

@@ -95,7 +95,11 @@ def check_user_trace(path):
     starts = [(e["cpl"], e["cr3"], e["gpa"]) for e in events if int(e["rip"], 16) == USER_TEXT]
     problems = []
     if starts != [(3, "0x180000", "0x200000"), (3, "0x190000", "0x200000")]:
-        problems.append(f"events at the program's start: expected A's and C's at CPL 3, got {starts}")
+        every = [(e["event"], e["rip"], e["cpl"], e["cr3"], e["gpa"]) for e in events]
+        leaves = [(r["event"], r["reason"], r.get("detail"), r.get("rip"), [i["rip"] for i in records
+                   if i["type"] == "insn" and i["event"] == r["event"]]) for r in records if r["type"] == "leave"]
+        problems.append(f"events at the program's start: expected A's and C's at CPL 3, got {starts} "
+                        f"(every event: {every}; leaves: {leaves})")
     for event in events:
         if event["cr3"] != event["sregs"]["cr3"] or event["cpl"] != 3:
             problems.append(f"event {event['event']}: cpl {event['cpl']}, cr3 {event['cr3']} (sregs "

@@ -12,7 +12,7 @@ from . import exits
 from . import libc
 from .. import fastpath
 from ..errors import KvmError
-from ..x86.registers import GENERAL_REGISTERS
+from ..x86.registers import DR7_ENABLE, DR7_LOCAL, GENERAL_REGISTERS
 
 # The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing;
 # interrupting the ioctl is the point).
@@ -193,19 +193,21 @@ class Vcpu(libc.FileDescriptor):
     # KVM_SET_GUEST_DEBUG holds one state per vCPU that two users share: a tracer single-stepping
     # (set_guest_debug) and a debugger (set_debugger: its breakpoints, and its own stepping).
 
-    def set_guest_debug(self, single_step=False, inject_db=False):
+    def set_guest_debug(self, single_step=False, inject_db=False, breakpoint=None):
         """The tracer's single-step, on or off. While it steps, the debugger's breakpoints are
         suspended: a breakpoint fault at the next instruction would repeat at every step.
-        inject_db queues a #DB for the guest (its DR6 is what KVM_SET_DEBUGREGS gave it)."""
+        inject_db queues a #DB for the guest (its DR6 is what KVM_SET_DEBUGREGS gave it);
+        breakpoint: a linear address the tracer's step also stops at, before it executes (in
+        DR0, while the guest's own debug registers stay what it reads)."""
         self._tracer_steps = single_step
-        self._apply_guest_debug(inject_db)
+        self._apply_guest_debug(inject_db, breakpoint if single_step else None)
 
     def set_debugger(self, state):
         """What a debugger wants of this vCPU (a DebuggerState); applied at once."""
         self._debugger = state
         self._apply_guest_debug()
 
-    def _apply_guest_debug(self, inject_db=False):
+    def _apply_guest_debug(self, inject_db=False, tracer_breakpoint=None):
         debug = libc.ffi.new("struct kvm_guest_debug *")
         state, tracer_steps = self._debugger, self._tracer_steps
         control = 0
@@ -220,6 +222,10 @@ class Vcpu(libc.FileDescriptor):
                 control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
                 debug.arch.debugreg[0:4] = list(state.debugreg)
                 debug.arch.debugreg[7] = state.dr7
+        elif tracer_breakpoint is not None:
+            control |= kvm_abi.KVM_GUESTDBG_USE_HW_BP
+            debug.arch.debugreg[0] = tracer_breakpoint
+            debug.arch.debugreg[7] = DR7_ENABLE[0] & DR7_LOCAL   # L0: an execution breakpoint
         if inject_db:
             control |= kvm_abi.KVM_GUESTDBG_INJECT_DB
         if control:

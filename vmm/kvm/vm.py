@@ -18,6 +18,11 @@ class Vm(libc.FileDescriptor):
         """KVM_CHECK_EXTENSION on the VM fd (per-VM answers, e.g. the exec trap)."""
         return libc.ioctl(self.fd, kvm_abi.KVM_CHECK_EXTENSION, capability)
 
+    def enable_cap(self, capability, *args):
+        """KVM_ENABLE_CAP on the VM fd with up to four arguments."""
+        request = libc.ffi.new("struct kvm_enable_cap *", {"cap": capability, "args": list(args)})
+        libc.ioctl(self.fd, kvm_abi.KVM_ENABLE_CAP, request)
+
     def set_user_memory_region(self, slot, guest_phys_addr, memory_size, userspace_addr, flags=0):
         region = libc.ffi.new("struct kvm_userspace_memory_region *", {
             "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,

@@ -4,6 +4,7 @@ import functools
 import threading
 import time
 
+import kvm_abi as abi
 from ..devices.bus import MmioBus, PortBus, SerializedDevice
 from ..devices import acpi_pm
 from ..devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
@@ -63,6 +64,7 @@ class Machine:
         self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
         self._vcpu_threads = []   # while run() runs them
+        self._emulation_failure_exits = 0   # holders of KVM_CAP_EXIT_ON_EMULATION_FAILURE
         self._resources = contextlib.ExitStack()
         try:
             self.kvm = self._resources.enter_context(Kvm(kvm_path))
@@ -162,6 +164,28 @@ class Machine:
             self._resume()
             if self.outcome is not None:
                 return self.outcome
+
+    def hold_emulation_failure_exits(self):
+        """Have KVM exit on an emulation failure at every CPL (a stock-backend trap is one):
+        without KVM_CAP_EXIT_ON_EMULATION_FAILURE it exits only at CPL 0, and at CPL 3 queues
+        #UD for the guest instead. False when the host lacks the capability."""
+        if not self.vm.check_extension(abi.KVM_CAP_EXIT_ON_EMULATION_FAILURE):
+            return False
+        if self._emulation_failure_exits == 0:
+            self.vm.enable_cap(abi.KVM_CAP_EXIT_ON_EMULATION_FAILURE, 1)
+        self._emulation_failure_exits += 1
+        return True
+
+    def release_emulation_failure_exits(self):
+        self._emulation_failure_exits -= 1
+        if self._emulation_failure_exits == 0:
+            self.vm.enable_cap(abi.KVM_CAP_EXIT_ON_EMULATION_FAILURE, 0)
+
+    @property
+    def emulation_failures_exit(self):
+        """Whether an emulation failure above CPL 0 exits to the VMM (the guest's own is then
+        the VMM's to deliver as the #UD KVM would have queued: RunLoop does)."""
+        return self._emulation_failure_exits > 0
 
     @contextlib.contextmanager
     def _vcpus_out_of_kvm_run(self):

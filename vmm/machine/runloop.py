@@ -27,6 +27,8 @@ import kvm_abi as abi
 
 from .. import fastpath
 from ..errors import EXIT_TRIPLE_FAULT
+from ..x86.idt import UD_VECTOR
+from ..x86.mode import privilege_level
 from . import report
 from .outcome import Outcome, halted, kvm_error
 
@@ -189,6 +191,18 @@ class RunLoop:
 
     # -- the VMM's own handlers ----------------------------------------------
 
+    def _queue_ud_above_cpl0(self):
+        """The guest's own emulation failure above CPL 0, which exits only because a trap
+        asked KVM to: queue the #UD KVM would have (True), or False at CPL 0."""
+        vcpu = self.vcpu
+        if privilege_level(vcpu.get_sregs(), vcpu.get_regs().rflags) == 0:
+            return False
+        events = vcpu.get_vcpu_events()
+        events.exception.injected, events.exception.nr = 1, UD_VECTOR
+        events.exception.has_error_code = events.exception.pending = 0
+        vcpu.set_vcpu_events(events)
+        return True
+
     def _halt(self, exit):
         self.machine.stop(halted())
 
@@ -202,5 +216,8 @@ class RunLoop:
 
     def _unhandled(self, exit):
         """FAIL_ENTRY, INTERNAL_ERROR, UNKNOWN, and every exit without a handler."""
+        if (exit.reason == abi.KVM_EXIT_INTERNAL_ERROR and exit.suberror == abi.KVM_INTERNAL_ERROR_EMULATION
+                and self.machine.emulation_failures_exit and self._queue_ud_above_cpl0()):
+            return
         text = report.exit_report(exit, self.vcpu, self.machine.memory)
         self.machine.stop(kvm_error(f"vCPU {self.vcpu.id}: {report.describe(exit)}", text, self.vcpu.id))

@@ -77,6 +77,9 @@ class _Backend:
         """Pages made plain RAM by stop() are write-protected (clean) again, still executable."""
         self._memory.set_page_states({page: READONLY for page in pages})
 
+    def finish(self):
+        """Tracking has ended (stop() may also give back single pages before)."""
+
 
 class StockBackend(_Backend):
     name = "stock"
@@ -85,9 +88,17 @@ class StockBackend(_Backend):
 
     def __init__(self, machine):
         super().__init__(machine)
+        self._machine = machine
+        self._held_exits = False
         self._zones = []       # [start, end) gpa ranges registered as coalesced zones
         offset = machine.kvm.check_extension(abi.KVM_CAP_COALESCED_MMIO)
         self.ring = CoalescedRing(machine.vcpus[0].mapping_page(offset), machine.memory) if offset else None
+
+    def start(self, pages):
+        # A fetch trap in user mode too (else KVM queues #UD for the guest and never exits).
+        if not self._held_exits:
+            self._held_exits = self._machine.hold_emulation_failure_exits()
+        super().start(pages)
 
     def written(self, pages):
         self._memory.set_page_states({page: UNMAPPED for page in pages})
@@ -105,6 +116,12 @@ class StockBackend(_Backend):
             self.ring.drain()
             self._uncoalesce(pages)
         self._memory.set_page_states({page: MAPPED for page in pages})
+
+    def finish(self):
+        """Tracking has ended (stop() may also give back single pages before)."""
+        if self._held_exits:
+            self._machine.release_emulation_failure_exits()
+            self._held_exits = False
 
     def drain(self):
         """Apply the writes buffered in the coalesced ring; the pages they wrote."""

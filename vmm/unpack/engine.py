@@ -46,6 +46,7 @@ class Tracking:
         with self._lock:
             self.active = False
             self.backend.stop(self.tracked)
+            self.backend.finish()
 
     def close(self):
         for observation in self._observations:
@@ -56,6 +57,7 @@ class Tracking:
         if self._started:
             if self.active:
                 self.backend.stop(self.tracked)
+                self.backend.finish()
             self.active = False
             self._started = False
 

@@ -9,6 +9,7 @@ import kvm_abi as abi
 from ..errors import EXIT_NO_KVM, VmmError
 from ..x86 import paging
 from ..x86.decoder import MAX_LENGTH
+from ..x86.idt import UD_VECTOR
 from ..x86.mode import linear_rip
 
 BACKENDS = ("auto", "patched", "stock")
@@ -43,7 +44,6 @@ class WatchedRam:
         self._memory.view(self._base + offset, size)[:] = value.to_bytes(size, "little")
 
 
-UD_VECTOR = 6
 
 
 class StockBackend:
@@ -55,12 +55,16 @@ class StockBackend:
     exit_reason = abi.KVM_EXIT_INTERNAL_ERROR
 
     def __init__(self, machine, watch):
+        self._machine = machine
         self._memory = machine.memory
         self._mmio = machine.mmio
         self._watch = watch
         self.devices = []
+        self._held_exits = False
 
     def start(self):
+        # A fetch trap in user mode too (else KVM queues #UD for the guest and never exits).
+        self._held_exits = self._machine.hold_emulation_failure_exits()
         for start, end in self._watch.ranges:
             device = WatchedRam(self._memory, start)
             self._mmio.register(device, start, end - start)
@@ -96,6 +100,9 @@ class StockBackend:
         for device in self.devices:
             self._mmio.unregister(device)
         self.devices = []
+        if self._held_exits:
+            self._machine.release_emulation_failure_exits()
+            self._held_exits = False
 
     def counters(self):
         return {"watched_data_reads": sum(d.reads for d in self.devices),

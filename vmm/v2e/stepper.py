@@ -30,8 +30,8 @@ from ..x86 import decoder, idt, paging
 from ..x86.decoder import Flow
 from ..x86.mode import code_segment, cpu_mode
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
-from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_CONDITION, DR7_ENABLE, MSR_IA32_TSC, MSR_TSC_AUX, R11, RAX, RCX,
-                             RDX, RFLAGS, RFLAGS_RF, RFLAGS_TF, RIP, RSP)
+from ..x86.registers import (DR6_B0_B3, DR6_BS, DR7_CONDITION, DR7_ENABLE, MSR_CSTAR, MSR_IA32_TSC, MSR_LSTAR,
+                             MSR_TSC_AUX, R11, RAX, RCX, RDX, RFLAGS, RFLAGS_RF, RFLAGS_TF, RIP, RSP)
 
 # Decoded instructions are memoised by their bytes, and page translations by (CR3, linear
 # page); a guest that generates code or aliases pages without end only makes a table start over.
@@ -51,6 +51,8 @@ _DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
 # Instructions the stepper looks at more closely (see the module docstring).
 _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _POPS_FLAGS = (_POPF, _IRET, _SYSRET)
+_SYSCALL = 0x0F05
+_VECTORS = {0xCC: 3, 0xCE: 4, 0xF1: idt.DB_VECTOR}   # int n: its immediate; ud0-ud2 and unknown: #UD
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
@@ -116,6 +118,7 @@ class Stepper:
         self._guest_tf = False            # the guest's own RFLAGS.TF
         self._tf_traps = False            # its TF was set when the instruction about to execute began
         self._delivering = False          # a #DB this stepper queued is being delivered
+        self._handler_breakpoint = None   # the #DB handler's entry, while that delivery runs
         self._idle = 0                    # steps since the last event ended
         self._iret_target = None          # where the last iret returned to
         self._pending_db = 0              # DR6 bits of a guest breakpoint to deliver after this step
@@ -159,6 +162,7 @@ class Stepper:
         if not self._attached:
             return
         self._release_tf()
+        self._handler_breakpoint = None
         self._attached = False
         self.vcpu.set_guest_debug()
         if self._guest_tf:
@@ -210,6 +214,12 @@ class Stepper:
         if reason == _DEBUG:
             values = self._read_regs()
             breakpoints = exit.dr6 & DR6_B0_B3 & _enabled(exit.dr7)
+            if self._handler_breakpoint is not None:
+                # The delivery of the #DB this stepper queued stopped at its handler's entry
+                # (in DR0: the guest's breakpoints were not in the hardware meanwhile).
+                self._handler_breakpoint = None
+                breakpoints &= ~1
+                self.vcpu.set_guest_debug(single_step=True)
             if breakpoints and values[RFLAGS] & RFLAGS_RF:
                 # A step's #DB also sets B0-B3 of an execution breakpoint matching the next
                 # RIP (QEMU does); with RF set (an iret from the guest's #DB handler) it is no hit.
@@ -357,6 +367,24 @@ class Stepper:
             self._write_tf(linear, True)
             self._forced_tf = (linear, image)
 
+    def _stop_where_it_goes(self):
+        """The instruction about to execute raises an event (int n, int3, ud2...) or is
+        syscall: the CPU goes on with TF clear (delivery clears it; Linux's syscall mask does),
+        so on VT-x and SVM no step would be reported after it. The step also stops at the
+        handler's entry (or syscall's), in DR0."""
+        opcode = self._opcode
+        if opcode == _SYSCALL:
+            target = self.vcpu.get_msr(MSR_LSTAR if self._bits == 64 else MSR_CSTAR)
+        else:
+            vector = _VECTORS.get(opcode, idt.UD_VECTOR)
+            if opcode == 0xCD:
+                vector = self.code[self._length - 1]
+            target = idt.handlers(self._read_linear, self._sregs).get(vector)
+        if target is None or target == (self._cs_base + self.rip) & self._cs_mask:
+            return
+        self.vcpu.set_guest_debug(single_step=True, breakpoint=target)
+        self._handler_breakpoint = target
+
     def _release_tf(self, values=None):
         """Put back the image _force_tf changed; returns `values` (the registers after the
         step) with the guest's own R11."""
@@ -477,7 +505,11 @@ class Stepper:
         debugregs = self.vcpu.get_debugregs()
         debugregs.dr6 |= dr6_bits
         self.vcpu.set_debugregs(debugregs)
-        self.vcpu.set_guest_debug(single_step=single_step, inject_db=True)
+        # The CPU clears TF as it delivers the #DB: on VT-x and SVM no step is reported after
+        # it, and the handler would run unstepped, so the step also stops at its entry.
+        handler = idt.handlers(self._read_linear, self._sregs).get(idt.DB_VECTOR) if single_step else None
+        self.vcpu.set_guest_debug(single_step=single_step, inject_db=True, breakpoint=handler)
+        self._handler_breakpoint = handler
         self._tf_traps = False
         self._delivering = single_step
 
@@ -509,6 +541,8 @@ class Stepper:
             self._tf_traps = self._guest_tf
             if self._special in _POPS_FLAGS:
                 self._force_tf(values)
+            elif self._delivers or self._opcode == _SYSCALL:
+                self._stop_where_it_goes()
             if self.event is None:
                 if self.watched_page is not None:
                     if not start_events:

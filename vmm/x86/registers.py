@@ -42,10 +42,13 @@ RFLAGS_VM = 1 << 17   # virtual-8086 mode
 DR6_B0_B3 = 0xF
 DR6_BS = 1 << 14
 DR7_ENABLE = tuple(3 << (2 * index) for index in range(4))
+DR7_LOCAL = 0x55   # the L bits of DR7_ENABLE
 DR7_CONDITION = tuple(3 << (16 + 4 * index) for index in range(4))   # R/W bits: 00 = execution
 
 MSR_IA32_TSC = 0x10
 MSR_TSC_AUX = 0xC0000103
+MSR_LSTAR = 0xC0000082    # syscall's entry in 64-bit mode
+MSR_CSTAR = 0xC0000083    # and in compatibility mode
 
 
 def general_registers_as_dict(values):
