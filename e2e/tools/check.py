@@ -259,7 +259,7 @@ def check_case(case, host_ref):
     hproblems += [f"probe {check} ({mode}): {detail}" for check, mode, verdict, detail in case["probes"]
                   if verdict == "FAIL"]
     if case["probe_summary"] is not None and case["probe_summary"].get("planned") == "no":
-        case["notes"].append("probes: not planned in this machine (plan-amd.sh runs them)")
+        case["notes"].append("probes: not planned in this case (its plan sets no PROBES=yes)")
     known = [f"{check} ({mode})" for check, mode, verdict, _ in case["probes"] if verdict == "KNOWN"]
     if known:
         case["notes"].append(f"probes that differ as README documents (single-step's TF in a pushed frame, "

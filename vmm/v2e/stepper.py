@@ -52,7 +52,8 @@ _DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
 _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _POPS_FLAGS = (_POPF, _IRET, _SYSRET)
 _SYSCALL = 0x0F05
-_VECTORS = {0xCC: 3, 0xCE: 4, 0xF1: idt.DB_VECTOR}   # int n: its immediate; ud0-ud2 and unknown: #UD
+_ICEBP = 0xF1
+_VECTORS = {0xCC: 3, 0xCE: 4, _ICEBP: idt.DB_VECTOR}   # int n: its immediate; ud0-ud2 and unknown: #UD
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
@@ -230,6 +231,8 @@ class Stepper:
             if values[RIP] == self.rip and not self._self_branch and not self._delivering:
                 # No progress: a rep-string iteration, or a trap KVM reports again or late
                 # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
+                if self._opcode == _ICEBP:   # its #DB, reported with the step's BS
+                    self._deliver_icebp()
                 return
         else:
             self.exit_while_stepping = True
@@ -499,6 +502,14 @@ class Stepper:
                 self._inject_db(breakpoints, single_step=self._attached)
             return
         self._inject_db(breakpoints, single_step=self._attached)
+
+    def _deliver_icebp(self):
+        """VT-x reports the #DB of icebp (int1) to the debugging VMM instead of delivering it,
+        RIP still at the instruction: deliver it as the CPU would, a trap after it."""
+        regs = self.vcpu.get_regs()
+        regs.rip = self._next_rip
+        self.vcpu.set_regs(regs)
+        self._inject_db(0)
 
     def _inject_db(self, dr6_bits, single_step=True):
         """Queue a #DB for the guest with these DR6 bits; the next KVM_RUN delivers it."""

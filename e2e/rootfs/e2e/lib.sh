@@ -113,8 +113,7 @@ kvm_tests() {
 	fi
 	# The anti-analysis probes, unwatched against watched, with the patched module (the
 	# stepping they probe is the same with either backend; the host runs them with stock),
-	# in the machines whose plan sets PROBES=yes: the suite starts some 40 VMM processes,
-	# which under Bochs would outlast its boot timeout.
+	# in the machines whose plan sets PROBES=yes (some 40 runs: about 115 s under Bochs).
 	if [ "$1" = patched ] && [ -x /usr/bin/python3 ] && [ -f /e2e/probes.py ] && [ -d /opt/v2e/vmm ]; then
 		if [ "${PROBES:-}" = yes ]; then
 			a=$(cut -d' ' -f1 /proc/uptime)

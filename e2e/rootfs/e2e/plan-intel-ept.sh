@@ -2,6 +2,8 @@
 # tdp_mmu=0 (module-level tests and selftest), the stock module as negative
 # control, then install.sh on a host-like module tree.
 # (plan-intel-shadow.sh runs in a second Bochs in parallel.)
+# The probe suite runs in the patched case (rootfs/e2e/lib.sh).
+PROBES=yes
 FEP=kvm.force_emulation_prefix=1
 echo "E2E-CPU $(cpu_flags)"
 run_case intel-ept1-patched patched intel "ept=1 $FEP" kvm_tests patched
