@@ -113,7 +113,8 @@ kvm_tests() {
 	fi
 	# The anti-analysis probes, unwatched against watched, with the patched module (the
 	# stepping they probe is the same with either backend; the host runs them with stock),
-	# in the machines whose plan sets PROBES=yes (some 40 runs: about 115 s under Bochs).
+	# in the machines whose plan sets PROBES=yes (some 40 runs: about 115 s under Bochs with
+	# EPT; with shadow paging they would outlast the Bochs machine's timeout).
 	if [ "$1" = patched ] && [ -x /usr/bin/python3 ] && [ -f /e2e/probes.py ] && [ -d /opt/v2e/vmm ]; then
 		if [ "${PROBES:-}" = yes ]; then
 			a=$(cut -d' ' -f1 /proc/uptime)

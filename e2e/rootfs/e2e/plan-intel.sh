@@ -1,7 +1,5 @@
 # Intel (VT-x), one boot: the cases of plan-intel-ept.sh and
 # plan-intel-shadow.sh.
-# The probe suite runs in the patched case (rootfs/e2e/lib.sh).
-PROBES=yes
 FEP=kvm.force_emulation_prefix=1
 echo "E2E-CPU $(cpu_flags)"
 run_case intel-ept1-patched patched intel "ept=1 $FEP" kvm_tests patched
