@@ -56,7 +56,7 @@ class Case:
     """One `vmm run` in the outer machine: its arguments, the modules it runs on ("stock" or
     "patched"), the exit status and output it must give, and a check run after it (a
     unpack_user_cases.py command whose `CHECK PASS` line it must print). known: why the case
-    fails in this outer machine (README, "Linux guests"): it runs and is reported (XFAIL, or
+    fails in this outer machine (README, "Unpacking in a Linux guest"): it runs and is reported (XFAIL, or
     XPASS once it passes) without failing the run."""
 
     def __init__(self, name, modules, run, status, texts, check=None, known=None):
@@ -64,7 +64,7 @@ class Case:
         self.known = known
 
 
-# What README ("Linux guests") says of the cases that fail here.
+# What README ("Unpacking in a Linux guest") says of the cases that fail here.
 NO_STOP_AT_HANDLER = ("QEMU TCG's SVM does not stop at the DR0 breakpoint the stepper puts on the #UD handler "
                       "of the guest's ud2 system call: the kernel runs on unstepped, untrapped, past the next "
                       "address space's run of the watched code")

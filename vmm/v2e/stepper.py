@@ -52,6 +52,11 @@ _DELIVERING = frozenset((0xCC, 0xCD, 0xCE, 0xF1, 0x0FFF, 0x0FB9, 0x0F0B))
 _PLAIN, _PUSHF, _POPF, _IRET, _SS_LOAD, _SYSRET, _RDTSC, _RDTSCP = range(8)
 _POPS_FLAGS = (_POPF, _IRET, _SYSRET)
 _SYSCALL = 0x0F05
+# What KVM intercepts and may emulate or skip without a memory operand: in/out, hlt, pause
+# (and nop: the same opcode), invd, wbinvd, mov to/from CR and DR, wrmsr, rdmsr, rdpmc, cpuid
+# and the 0f 01 group (xsetbv, monitor, mwait, vmcall...).
+_INTERCEPTED = frozenset((0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF, 0xF4, 0x90, 0x0F08, 0x0F09,
+                          0x0F20, 0x0F21, 0x0F22, 0x0F23, 0x0F30, 0x0F32, 0x0F33, 0x0FA2, 0x0F01))
 _ICEBP = 0xF1
 _VECTORS = {0xCC: 3, 0xCE: 4, _ICEBP: idt.DB_VECTOR}   # int n: its immediate; ud0-ud2 and unknown: #UD
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
@@ -284,10 +289,10 @@ class Stepper:
         if self._attached:
             if bits:
                 self._inject_db(bits)
-            elif special not in _POPS_FLAGS:
-                # An instruction KVM emulated (an MMIO access, an intercepted MOV DR or CPUID
-                # on SVM without next-RIP) reports its step but leaves RFLAGS without KVM's
-                # TF: single-step is set again at each instruction.
+            elif special not in _POPS_FLAGS and (self._accesses or self._opcode in _INTERCEPTED):
+                # An instruction KVM emulated (an MMIO access, or one it intercepts, which SVM
+                # without next-RIP skips through the emulator) reports its step but leaves
+                # RFLAGS without KVM's TF: single-step is set again after such instructions.
                 self.vcpu.set_guest_debug(single_step=True)
         if self._on_step is not None:
             self._on_step(self.vcpu.id, values)
