@@ -1,4 +1,4 @@
-/* The unpacking benchmark (tests/bench/run.py): write 1 MiB of code at 0x400000 (256 pages of
+/* The unpacking benchmark (README's figures, timed with and without --unpack): write 1 MiB of code at 0x400000 (256 pages of
  * NOPs, each ending in a jump to the next page; the last returns), then run all of it, and
  * exit through the test-exit device (status 1). */
         .set PAGES, 256
