@@ -37,9 +37,26 @@ MAX_AHEAD = 64
 
 
 class Tracking:
-    """What both unpackers share: the end of tracking (the layer budget spent, or close()) and
-    the context manager. A subclass has _lock, backend, tracked, active, _started and its
-    lists of run-loop _interceptions and _observations."""
+    """What both unpackers share: their settings, the end of tracking (the layer budget spent,
+    or close()) and the context manager. A subclass sets tracked and starts the backend."""
+
+    def __init__(self, machine, dump_dir, backend, max_layers, on_layer, tracer, trace_layers):
+        if max_layers < 1:
+            raise BadInput(f"--max-layers must be at least 1, got {max_layers}")
+        self.machine = machine
+        self.files = LayerFiles(dump_dir)
+        self.dump_dir = self.files.directory
+        self.backend = select_backend(backend, machine)
+        self.max_layers = max_layers
+        self.on_layer = on_layer
+        self.tracer = tracer
+        self.trace_layers = trace_layers
+        self.layers = 0
+        self.active = True
+        self._lock = threading.RLock()
+        self._interceptions = []
+        self._observations = []
+        self._started = False
 
     def _stop_tracking(self):
         """The layer budget is spent: every tracked page is plain RAM again, the guest runs on."""
@@ -77,19 +94,8 @@ class Unpacker(Tracking):
                  on_layer=None, tracer=None, trace_layers=False):
         """tracer: a V2E engine made without a trap (backend None) whose trace gets a record of
         each layer, and which traces each layer from its entry when trace_layers is set."""
-        if max_layers < 1:
-            raise BadInput(f"--max-layers must be at least 1, got {max_layers}")
-        self.machine = machine
-        self.files = LayerFiles(dump_dir)
-        self.dump_dir = self.files.directory
+        super().__init__(machine, dump_dir, backend, max_layers, on_layer, tracer, trace_layers)
         self.tracked = tracked_pages(machine, ranges)
-        self.backend = select_backend(backend, machine)
-        self.max_layers = max_layers
-        self.on_layer = on_layer
-        self.tracer = tracer
-        self.trace_layers = trace_layers
-        self.layers = 0
-        self.active = True
         self.writes = 0                  # guest writes that reached the VMM (first writes, unmapped pages)
         self._written = set()            # written pages (or handed over ahead: see _ahead)
         self._ahead = {}                 # page handed over ahead of the guest's write -> its contents then
@@ -97,10 +103,6 @@ class Unpacker(Tracking):
         self._written_since_layer = set()
         self._last_writer = {}           # page -> RIP of the write that last made it written
         self._system = set()             # page-table and descriptor-table pages found so far
-        self._lock = threading.RLock()
-        self._interceptions = []
-        self._observations = []
-        self._started = False
         try:
             for vcpu in machine.vcpus:
                 self._system.update(system_pages(machine.memory, vcpu.get_sregs()))

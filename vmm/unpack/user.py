@@ -30,18 +30,14 @@ and that are armed and written in that sense: dumped in linear order to
 DIR/layer-N-LINEAR.bin, with DIR/layer-N-LINEAR.json (the entry, CPL, CR3, the address space,
 the pages' guest-physical addresses, which criterion held).
 """
-import threading
 from dataclasses import dataclass
 
 import kvm_abi as abi
 
-from ..errors import BadInput
 from ..x86 import paging
 from ..x86.mode import linear_rip, privilege_level
 from ..x86.paging import PAGE_MASK, PAGE_SIZE
 from ..x86.registers import RFLAGS, RIP
-from .backends import select_backend
-from .dumps import LayerFiles
 from .engine import DEFAULT_MAX_LAYERS, Tracking, layer_record, system_pages, tracked_pages
 
 # A layer's region stops after this many pages (64 MiB) on either side of the entry page.
@@ -67,18 +63,7 @@ class UserUnpacker(Tracking):
 
     def __init__(self, machine, dump_dir, ranges=None, backend="auto", max_layers=DEFAULT_MAX_LAYERS,
                  on_layer=None, tracer=None, trace_layers=False):
-        if max_layers < 1:
-            raise BadInput(f"--max-layers must be at least 1, got {max_layers}")
-        self.machine = machine
-        self.files = LayerFiles(dump_dir)
-        self.dump_dir = self.files.directory
-        self.backend = select_backend(backend, machine)
-        self.max_layers = max_layers
-        self.on_layer = on_layer
-        self.tracer = tracer
-        self.trace_layers = trace_layers
-        self.layers = 0
-        self.active = True
+        super().__init__(machine, dump_dir, backend, max_layers, on_layer, tracer, trace_layers)
         self.kernel_fetches = self.user_fetches = self.write_exits = 0
         memory = machine.memory
         tracked = set(tracked_pages(machine, ranges))
@@ -93,10 +78,6 @@ class UserUnpacker(Tracking):
         self._last_writer = {}           # page -> RIP of the last write that exited
         # Armed pages stay mapped with the exec-trap patch: their writes come from the dirty log.
         self._dirty_log = not self.backend.sees_written_writes
-        self._lock = threading.RLock()
-        self._interceptions = []
-        self._observations = []
-        self._started = False
         try:
             self.backend.written(sorted(self.tracked))
             self._started = True
