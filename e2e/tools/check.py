@@ -266,7 +266,7 @@ def check_case(case, host_ref):
                              f"or an unwatched run already slow): {', '.join(known)}")
     skipped = [f"{check} ({mode})" for check, mode, verdict, _ in case["probes"] if verdict == "SKIP"]
     if skipped:
-        case["notes"].append(f"probes skipped (the unwatched run printed no line): {', '.join(skipped)}")
+        case["notes"].append(f"probes skipped (the unwatched run printed no line, or a timer never fired in it): {', '.join(skipped)}")
     kv_ = "PASS" if not problems else "FAIL"
     hv = ("PASS" if not hproblems else "FAIL") if (case["vmm"] or harness) else "-"
     problems += hproblems

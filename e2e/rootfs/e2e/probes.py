@@ -163,6 +163,9 @@ def line_verdict(check, plain_line, watched_line):
     if plain_line == watched_line:
         return check, "PASS", "identical"
     difference = f"unwatched {plain_line!r}, watched {watched_line!r}"
+    if "timer" in check and plain_line.startswith(f"{check}: 0 irq"):
+        # The unwatched run is the reference: in an emulated machine its timer may not fire in time.
+        return check, "SKIP", f"the unwatched run saw no timer interrupt: {difference}"
     reason = known_difference(plain_line, watched_line)
     return (check, "FAIL", difference) if reason is None else (check, "KNOWN", f"{reason}: {difference}")
 
