@@ -3,12 +3,15 @@ loaded or runs; V2E events and layer records with CPL and CR3; KVM's dirty log a
 changes. The guest (guest_images/unpack_user.s) is a small kernel with three address spaces."""
 import pytest
 
+import kvm_abi as abi
 import unpack_user_cases as cases
 from conftest import GUESTS
 from test_cli import assert_one_line_error, vmm
 from vmm.doctor import kvm_modules
 from vmm.errors import EXIT_BAD_INPUT
 from vmm.machine.memory import MAPPED, READONLY
+from vmm.unpack.engine import Unpacker
+from vmm.unpack.user import UserUnpacker
 from vmm.x86 import paging
 
 pytestmark = pytest.mark.kvm
@@ -100,6 +103,22 @@ def test_the_dirty_log_keeps_writes_across_memslot_changes(machine):
     assert {0x200000, 0x202000} <= dirty and 0x201000 not in dirty, sorted(map(hex, dirty))
     assert vm.memory.dirty_pages() == set(), "the log was not cleared"
     assert vm.memory.page_state(0x200000) == MAPPED
+
+
+@pytest.mark.parametrize("unpacker", [Unpacker, UserUnpacker])
+def test_on_the_stock_backend_fetch_failures_exit_at_every_cpl_while_pages_are_written(machine, tmp_path, unpacker):
+    """Without KVM_CAP_EXIT_ON_EMULATION_FAILURE, kvm-amd and kvm-intel queue #UD for a failed
+    fetch at CPL 3 and never exit: the user-mode unpacker (its pages are written from the start)
+    lost every layer to the guest kernel's #UD handler under kvm-amd (make linux-nested)."""
+    vm = machine(mem_size=8 << 20)
+    vm.load(bytes.fromhex("f4"), mode="long")
+    if not vm.vm.check_extension(abi.KVM_CAP_EXIT_ON_EMULATION_FAILURE):
+        pytest.skip("this host's KVM lacks KVM_CAP_EXIT_ON_EMULATION_FAILURE")
+    with unpacker(vm, tmp_path, ranges=[(0x200000, 0x210000)], backend="stock") as tracking:
+        if unpacker is Unpacker:      # its pages start clean: a written one is a fetch trap
+            tracking.backend.written([0x200000])
+        assert vm.emulation_failures_exit, f"{unpacker.__name__}: emulation failures above CPL 0 do not exit"
+    assert not vm.emulation_failures_exit, "the capability is still held after the unpacker closed"
 
 
 def test_cr3_names_an_address_space_without_pcid_and_pti_pair():

@@ -89,18 +89,16 @@ class StockBackend(_Backend):
     def __init__(self, machine):
         super().__init__(machine)
         self._machine = machine
-        self._held_exits = False
+        self._held_exits = None    # asked KVM for emulation-failure exits: None not yet, else granted
         self._zones = []       # [start, end) gpa ranges registered as coalesced zones
         offset = machine.kvm.check_extension(abi.KVM_CAP_COALESCED_MMIO)
         self.ring = CoalescedRing(machine.vcpus[0].mapping_page(offset), machine.memory) if offset else None
 
-    def start(self, pages):
-        # A fetch trap in user mode too (else KVM queues #UD for the guest and never exits).
-        if not self._held_exits:
-            self._held_exits = self._machine.hold_emulation_failure_exits()
-        super().start(pages)
-
     def written(self, pages):
+        # A written page's fetch must trap in user mode too (else KVM queues #UD for the guest
+        # and never exits); both unpackers make pages written, only one starts with clean ones.
+        if self._held_exits is None:
+            self._held_exits = self._machine.hold_emulation_failure_exits()
         self._memory.set_page_states({page: UNMAPPED for page in pages})
         if self.ring is not None:
             self._coalesce(pages)
@@ -121,7 +119,7 @@ class StockBackend(_Backend):
         """Tracking has ended (stop() may also give back single pages before)."""
         if self._held_exits:
             self._machine.release_emulation_failure_exits()
-            self._held_exits = False
+        self._held_exits = None
 
     def drain(self):
         """Apply the writes buffered in the coalesced ring; the pages they wrote."""
