@@ -259,11 +259,11 @@ def check_case(case, host_ref):
     hproblems += [f"probe {check} ({mode}): {detail}" for check, mode, verdict, detail in case["probes"]
                   if verdict == "FAIL"]
     if case["probe_summary"] is not None and case["probe_summary"].get("planned") == "no":
-        case["notes"].append("probes: not planned in this case (its plan sets no PROBES=yes)")
+        case["notes"].append("probes: not planned in this case (its plan sets no PROBES)")
     known = [f"{check} ({mode})" for check, mode, verdict, _ in case["probes"] if verdict == "KNOWN"]
     if known:
-        case["notes"].append(f"probes that differ as README documents (single-step's TF in a pushed frame, "
-                             f"or an unwatched run already slow): {', '.join(known)}")
+        case["notes"].append(f"probes that differ as README documents (single-step's TF in a pushed frame, an "
+                             f"unwatched run already slow, or DR6 in vm86's real mode): {', '.join(known)}")
     skipped = [f"{check} ({mode})" for check, mode, verdict, _ in case["probes"] if verdict == "SKIP"]
     if skipped:
         case["notes"].append(f"probes skipped (the unwatched run printed no line, or a timer never fired in it): {', '.join(skipped)}")

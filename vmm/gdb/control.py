@@ -25,13 +25,13 @@ from ..errors import EXIT_GDB_KILL
 from ..kvm import NO_DEBUGGER, DebuggerState, exits
 from ..machine.outcome import Outcome
 from ..x86 import decoder, paging
+from ..x86.idt import BP_VECTOR
 from ..x86.mode import code_segment, cpu_mode, linear_rip
 from ..x86.registers import RIP
 from .breakpoints import (ACCESS, DR6_SINGLE_STEP, HARDWARE, KINDS, READ, SOFTWARE, WRITE, BreakpointError,
                           BreakpointTable, Placing)
 
 SIGINT, SIGTRAP = 2, 5
-BP_VECTOR = 3
 _WATCH_REASONS = {WRITE: "watch", READ: "rwatch", ACCESS: "awatch"}
 
 

@@ -64,6 +64,9 @@ class Machine:
         self.hide_hypervisor = hide_hypervisor
         self._outcome_lock = threading.Lock()
         self._vcpu_threads = []   # while run() runs them
+        # Held while vCPU threads start, and while memslots are replaced before they have: no
+        # vCPU starts in the window.
+        self._threads_lock = threading.RLock()
         self._emulation_failure_exits = 0   # holders of KVM_CAP_EXIT_ON_EMULATION_FAILURE
         self._resources = contextlib.ExitStack()
         try:
@@ -191,7 +194,13 @@ class Machine:
     def _vcpus_out_of_kvm_run(self):
         """While the vCPU threads run: every vCPU but the caller's is parked outside KVM_RUN
         (GuestMemory.quiesce: its memslots are being replaced)."""
-        pause = self.pause() if self._vcpu_threads else None
+        with self._threads_lock:
+            running = bool(self._vcpu_threads)
+            if not running:
+                yield   # the lock keeps run() from starting vCPU threads meanwhile
+                return
+        # Every vCPU thread has started: each parks before its next KVM_RUN while the pause holds.
+        pause = self.pause()
         try:
             yield
         finally:
@@ -201,10 +210,11 @@ class Machine:
     def _run_vcpus(self, deadline, timeout):
         errors = []
         threads = [_VcpuThread(self._run_vcpu, (loop, errors), f"vcpu{loop.vcpu.id}") for loop in self.loops]
-        self._vcpu_threads = threads
         try:
-            for thread in threads:
-                thread.start()
+            with self._threads_lock:
+                self._vcpu_threads = threads
+                for thread in threads:
+                    thread.start()
             while any(thread.running() for thread in threads):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -219,7 +229,8 @@ class Machine:
             self.stop(interrupted("SIGTERM"))
         finally:
             self._join_vcpus(threads)
-            self._vcpu_threads = []
+            with self._threads_lock:
+                self._vcpu_threads = []
         if errors:
             raise errors[0]
 

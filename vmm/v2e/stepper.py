@@ -58,7 +58,8 @@ _SYSCALL = 0x0F05
 _INTERCEPTED = frozenset((0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF, 0xF4, 0x90, 0x0F08, 0x0F09,
                           0x0F20, 0x0F21, 0x0F22, 0x0F23, 0x0F30, 0x0F32, 0x0F33, 0x0FA2, 0x0F01))
 _ICEBP = 0xF1
-_VECTORS = {0xCC: 3, 0xCE: 4, _ICEBP: idt.DB_VECTOR}   # int n: its immediate; ud0-ud2 and unknown: #UD
+# int n: its immediate; ud0-ud2 and unknown: #UD
+_VECTORS = {0xCC: idt.BP_VECTOR, 0xCE: 4, _ICEBP: idt.DB_VECTOR}
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
@@ -218,6 +219,9 @@ class Stepper:
     def on_exit(self, exit):
         reason = exit.reason
         if reason == _DEBUG:
+            if exit.exception == idt.BP_VECTOR:
+                self._deliver_int3()
+                return
             values = self._read_regs()
             breakpoints = exit.dr6 & DR6_B0_B3 & _enabled(exit.dr7)
             if self._handler_breakpoint is not None:
@@ -252,22 +256,25 @@ class Stepper:
             values = self._read_regs()
             if values[RIP] == self.rip:
                 return
+            self._stepped(self._release_tf(values), trapped=False)
+            return
         self._stepped(self._release_tf(values))
 
-    def _stepped(self, values):
-        """RIP moved on from self.rip: what happened, then on to the next instruction."""
+    def _stepped(self, values, trapped=True):
+        """RIP moved on from self.rip: what happened, then on to the next instruction.
+        trapped: a step's #DB ended the step (not another exit)."""
         rip = values[RIP]
         special = self._special
         if self._delivering or not self._expected(rip):
-            if special == _SS_LOAD and self._after_ss_load(values):
+            if special == _SS_LOAD and self._after_ss_load(values, trapped):
                 return
-            self._unexpected(values)
+            self._unexpected(values, trapped)
             return
         traps = self._tf_traps
         if self._delivers:
             # int n, int3, ud2...: the vCPU is in a handler now; the frame tells whether the
             # instruction completed (a trap) or not (a fault).
-            self._unexpected(values)
+            self._unexpected(values, trapped)
             return
         if special != _PLAIN:
             self._emulate_flags(special, values)
@@ -408,7 +415,7 @@ class Stepper:
         self.vcpu.set_regs(regs)
         return None if values is None else values[:R11] + (original,) + values[R11 + 1:]
 
-    def _after_ss_load(self, values):
+    def _after_ss_load(self, values, trapped):
         """MOV SS / POP SS hold debug traps for one instruction, so one step ran two; True when
         that explains where RIP is."""
         following = self._decode_at(self._next_rip)
@@ -420,17 +427,30 @@ class Stepper:
         self.rip, self.values = self._next_rip, first_values
         self.gpa = self._translate((self._cs_base + self.rip) & self._cs_mask)
         self._set_instruction(self.rip, following)
-        self._stepped(values)
+        self._stepped(values, trapped)
         return True
 
-    def _unexpected(self, values):
+    def _unexpected(self, values, trapped):
         """RIP is not where the instruction goes: an exception or interrupt was delivered
-        (its frame is on the stack), or a far transfer happened."""
+        (its frame is on the stack), or a far transfer happened; or, when no step trapped,
+        the vCPU ran on unstepped until another exit."""
         delivering, self._delivering = self._delivering, False
         cs_selector, cs_base = self._cs_selector_before, self._cs_base_before
         self._load_sregs(self.vcpu.get_sregs())
-        frame = self._find_frame(values, cs_selector, cs_base)
+        vector, entry = self._handler_of(values[RIP])
+        # A delivery's frame is fresh only while the vCPU is at its handler's entry: elsewhere
+        # the words near the stack pointer are the guest's own (a popped frame, return addresses).
+        frame = self._find_frame(values, cs_selector, cs_base) if entry is not None else None
         if frame is None:
+            if not trapped:
+                # The trap flag was dropped on the way (KVM delivering a fault by emulation,
+                # as it does for real mode without unrestricted guest): what ran is unknown.
+                if self.event is not None:
+                    self.end(values[RIP], "untraced", f"no step was reported after rip {self.rip:#x}")
+                self._handler_breakpoint = None
+                self.vcpu.set_guest_debug(single_step=True)
+                self._position(values)
+                return
             if self.event is not None and not delivering and not self._executed(values):
                 return
             self._position(values)
@@ -441,7 +461,6 @@ class Stepper:
         self._guest_tf = False
         self.vcpu.set_guest_debug(single_step=True)
         completed = returns_to != self.rip   # a trap (int n, a step) rather than a fault
-        vector, entry = self._handler_of(values[RIP])
         late = entry is not None and entry != values[RIP]   # the handler's first instruction ran too
         if (completed and not delivering and self.event is not None
                 and not self._executed(_at(values, entry) if late else values)):
@@ -515,6 +534,15 @@ class Stepper:
         regs.rip = self._next_rip
         self.vcpu.set_regs(regs)
         self._inject_db(0)
+
+    def _deliver_int3(self):
+        """Where KVM intercepts #BP while a VMM debugs (VT-x running real mode in vm86, without
+        unrestricted guest), it hands the guest's int3 to the VMM, RIP at the int3: deliver it
+        as the CPU would (KVM injects a soft exception past the instruction it saw exit)."""
+        events = self.vcpu.get_vcpu_events()
+        exception = events.exception
+        exception.injected, exception.nr, exception.has_error_code, exception.pending = 1, idt.BP_VECTOR, 0, 0
+        self.vcpu.set_vcpu_events(events)
 
     def _inject_db(self, dr6_bits, single_step=True):
         """Queue a #DB for the guest with these DR6 bits; the next KVM_RUN delivers it."""

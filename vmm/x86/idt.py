@@ -5,7 +5,7 @@ from .mode import cpu_mode
 EXCEPTION_NAMES = ("#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "coprocessor segment",
                    "#TS", "#NP", "#SS", "#GP", "#PF", "vector 15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP")
 # Vectors whose exceptions push an error code in protected and long mode.
-DB_VECTOR, UD_VECTOR = 1, 6
+DB_VECTOR, BP_VECTOR, UD_VECTOR = 1, 3, 6
 ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21, 29, 30))
 
 
