@@ -438,16 +438,18 @@ class Stepper:
         cs_selector, cs_base = self._cs_selector_before, self._cs_base_before
         self._load_sregs(self.vcpu.get_sregs())
         vector, entry = self._handler_of(values[RIP])
-        # A delivery's frame is fresh only while the vCPU is at its handler's entry: elsewhere
-        # the words near the stack pointer are the guest's own (a popped frame, return addresses).
-        frame = self._find_frame(values, cs_selector, cs_base) if entry is not None else None
+        # Below the stack pointer a frame is only looked for at a handler's entry: elsewhere the
+        # words there are what the guest popped since (a frame its handler returned from).
+        frame = self._find_frame(values, cs_selector, cs_base, below=entry is not None)
         if frame is None:
             if not trapped:
-                # The trap flag was dropped on the way (KVM delivering a fault by emulation,
-                # as it does for real mode without unrestricted guest): what ran is unknown.
+                # The trap flag was dropped on the way (KVM delivering a fault by emulation, as
+                # in real mode without unrestricted guest, or a handler stop the CPU ignored):
+                # what ran is unknown, but not with TF set, or a step would have trapped.
                 if self.event is not None:
                     self.end(values[RIP], "untraced", f"no step was reported after rip {self.rip:#x}")
                 self._handler_breakpoint = None
+                self._guest_tf = False
                 self.vcpu.set_guest_debug(single_step=True)
                 self._position(values)
                 return
@@ -484,15 +486,16 @@ class Stepper:
         if self._attached:
             self._stepped(values)
 
-    def _find_frame(self, values, cs_selector, cs_base):
+    def _find_frame(self, values, cs_selector, cs_base, below=True):
         """(return address, linear address of the pushed RFLAGS) of an exception or interrupt
         frame at the top of the stack, or None: the return address is the instruction that
-        was about to execute or the one after it, followed by the CS it ran in."""
+        was about to execute or the one after it, followed by the CS it ran in. below: look
+        under the stack pointer too."""
         size = _STACK_WORD[self._bits]
         candidates = {self.rip, self._next_rip}
         if self._displacement is not None:
             candidates.add((self._next_rip + self._displacement) & self._ip_mask)
-        for slot in _FRAME_SEARCH_SLOTS:
+        for slot in _FRAME_SEARCH_SLOTS if below else range(0, _FRAME_SEARCH_SLOTS.stop):
             linear = self._stack_linear(values[RSP] + slot * size)
             words = self._read_linear(linear, 3 * size)
             if words is None:
