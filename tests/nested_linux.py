@@ -84,6 +84,11 @@ def linux(initrd, *options, append=APPEND):
     return f"/inner/vmlinuz --initrd /inner/{initrd} --append \"{append}\" " + " ".join(options)
 
 
+def smp_boot(vcpus):
+    return Case(f"boot-{vcpus}", "stock", linux("boot.cpio", f"--smp {vcpus}", append=f"{APPEND} {SMP_CRASH}"),
+                EXIT_OK, [f"init: {vcpus} CPUs online"], again=True)
+
+
 def small(backend, *options):
     return f"{SMALL} --backend {backend} " + " ".join(options)
 
@@ -107,10 +112,8 @@ def cases(demo_output):
         ]
     boots = [
         Case("boot-1", "stock", linux("boot.cpio", "--smp 1"), EXIT_OK, ["init: 1 CPUs online"]),
-        Case("boot-2", "stock", linux("boot.cpio", "--smp 2", append=f"{APPEND} {SMP_CRASH}"), EXIT_OK,
-             ["init: 2 CPUs online"], again=True),
-        Case("boot-4", "stock", linux("boot.cpio", "--smp 4", append=f"{APPEND} {SMP_CRASH}"), EXIT_OK,
-             ["init: 4 CPUs online"], again=True),
+        smp_boot(2),
+        smp_boot(4),
         Case("shell", "stock", linux("shell.cpio", "--serial-input /inner/shell-input.txt"), EXIT_OK,
              ["shell says 42"]),
         Case("reboot", "stock", linux("reboot.cpio"), EXIT_REBOOT, ["rebooting"]),
@@ -336,8 +339,9 @@ def main(argv=None):
                 if re.search(DMESG, shown) or (case is demo and re.search(r"^(upx_demo|vmm: unpack|CHECK)", shown)):
                     print(f"    {shown.strip()}")
         # What a crash or a stall printed, and how the run ended: the serial log is gone with the run.
-        failed_runs = ([output] if not passed or again is not None else []) + (
-            [again[2].splitlines()] if again is not None and not passed else [])
+        failed_runs = [] if passed and again is None else [output]
+        if again is not None and not passed:
+            failed_runs.append(again[2].splitlines())
         for run_output in failed_runs:
             crash = [shown for shown in run_output if re.search(CRASH, shown)][:CRASH_LINES]
             for shown in crash + ["..."] + run_output[-TAIL_LINES:]:

@@ -195,8 +195,7 @@ class Machine:
         """While the vCPU threads run: every vCPU but the caller's is parked outside KVM_RUN
         (GuestMemory.quiesce: its memslots are being replaced)."""
         with self._threads_lock:
-            running = bool(self._vcpu_threads)
-            if not running:
+            if not self._vcpu_threads:
                 yield   # the lock keeps run() from starting vCPU threads meanwhile
                 return
         # Every vCPU thread has started: each parks before its next KVM_RUN while the pause holds.

@@ -62,6 +62,7 @@ _ICEBP = 0xF1
 _VECTORS = {0xCC: idt.BP_VECTOR, 0xCE: 4, _ICEBP: idt.DB_VECTOR}
 _SPECIAL = {0x9C: _PUSHF, 0x9D: _POPF, 0xCF: _IRET, 0x17: _SS_LOAD, 0x0F07: _SYSRET, 0x0F31: _RDTSC}
 _DEBUG, _IO, _MMIO = abi.KVM_EXIT_DEBUG, abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
+_BP_VECTOR = idt.BP_VECTOR
 _STACK_WORD = {16: 2, 32: 4, 64: 8}
 # Where around the stack pointer the stepper looks for an exception frame, in stack words:
 # above it an error code and what a handler's first instruction may already have pushed,
@@ -219,7 +220,7 @@ class Stepper:
     def on_exit(self, exit):
         reason = exit.reason
         if reason == _DEBUG:
-            if exit.exception == idt.BP_VECTOR:
+            if exit.exception == _BP_VECTOR:
                 self._deliver_int3()
                 return
             values = self._read_regs()
@@ -256,9 +257,7 @@ class Stepper:
             values = self._read_regs()
             if values[RIP] == self.rip:
                 return
-            self._stepped(self._release_tf(values), trapped=False)
-            return
-        self._stepped(self._release_tf(values))
+        self._stepped(self._release_tf(values), trapped=reason == _DEBUG)
 
     def _stepped(self, values, trapped=True):
         """RIP moved on from self.rip: what happened, then on to the next instruction.
