@@ -231,6 +231,23 @@ def test_a_trace_cut_short_is_shown_then_reported(traces, tmp_path):
     assert [words[0] for words in steps(vmm("trace", "show", cut))] == [f"#{n}" for n in range(1, 10)]
 
 
+def test_an_event_that_lost_its_step_reads_back(traces, tmp_path):
+    """A leave record the stepper writes when no step was reported (`untraced`) is shown like
+    any other, with its detail."""
+    lines = traces["long"].read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "leave")
+    leave = json.loads(lines[index])
+    leave.update(reason="untraced", detail="no step was reported after rip 0x200010")
+    lines[index] = json.dumps(leave)
+    changed = tmp_path / "untraced.jsonl"
+    changed.write_text("\n".join(lines) + "\n")
+    result = vmm("trace", "show", changed)
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stdout.decode().splitlines() if line.startswith("  leave:")]
+    assert shown == [f"  leave: untraced (no step was reported after rip 0x200010) at rip {leave['rip']} after "
+                     f"{leave['instructions']} traced of {leave['steps']} stepped instructions"], shown
+
+
 @pytest.mark.malformed_traces
 def test_a_version_1_trace_is_refused_in_one_line(tmp_path):
     old = tmp_path / "v1.jsonl"

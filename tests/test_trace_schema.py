@@ -2,9 +2,11 @@
 facts it restates (the register names)."""
 import copy
 import json
+import re
 
 import pytest
 
+from conftest import ROOT
 from vmm.trace.format import FORMAT, SCHEMA_PATH, VERSION, schema_document
 from vmm.trace.schema import Schema
 from vmm.x86.registers import CONTROL_REGISTERS, GENERAL_REGISTERS, SEGMENT_FIELDS, SEGMENT_REGISTERS, SYSTEM_SEGMENTS
@@ -100,3 +102,13 @@ def test_a_changed_schema_changes_what_is_valid():
 def test_the_writer_writes_the_format_and_version_the_schema_fixes():
     header = schema_document()["$defs"]["header"]["properties"]
     assert (header["format"]["const"], header["version"]["const"]) == (FORMAT, VERSION)
+
+
+def test_the_schema_takes_every_leave_reason_the_format_documents():
+    """A reason the engine writes and docs/trace-format.md names, but the schema lacks, makes
+    the trace unreadable (`untraced` once did)."""
+    row = next(line for line in (ROOT / "docs" / "trace-format.md").read_text().splitlines()
+               if line.startswith("| `reason` |"))
+    documented = re.findall(r"(?:\| |, )`([a-z-]+)`", row)[1:]   # the first is the field's own name
+    reasons = schema_document()["$defs"]["leave"]["properties"]["reason"]["enum"]
+    assert documented == reasons
