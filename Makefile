@@ -62,12 +62,14 @@ e2e: $(STAMP)
 # mode: inside Debian under QEMU TCG with an emulated AMD-V CPU (needs what `make e2e` built;
 # see tests/nested_linux.py).
 linux-nested: $(STAMP)
+	$(MAKE) --no-print-directory -C e2e host-deps
 	$(VPY) tests/nested_linux.py
 
 # The flagship demo: a static program packed with UPX runs in a Linux guest under
 # `vmm run --unpack --unpack-user`; its unpacked code is dumped and compared with `upx -d`'s
 # (in the nested machine of linux-nested, with the exec-trap patch).
 demo-linux: $(STAMP)
+	$(MAKE) --no-print-directory -C e2e host-deps
 	$(VPY) tests/nested_linux.py --demo
 
 leaks: $(STAMP)

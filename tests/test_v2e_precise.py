@@ -213,3 +213,17 @@ def test_the_trap_is_re_armed_once_the_vcpu_has_run_unwatched_code_for_a_while(m
     assert outcome.kind == "halt" and engine.events == 1, (outcome, engine.events)
     steps = stats.vcpus[0].exits[abi.KVM_EXIT_DEBUG]
     assert steps <= REARM_AFTER_STEPS + 2, f"expected at most {REARM_AFTER_STEPS + 2} single-steps, got {steps}"
+
+
+def test_watched_code_after_a_string_copy_to_mmio_is_traced(machine, trace_file):
+    """rep movsb to MMIO and back (KVM emulates each iteration and finishes it at the next
+    KVM_RUN, where its writeback once dropped the single-step): every instruction after the
+    copies is recorded, and the event ends where the code jumps out."""
+    vm, outcome, records = traced(machine, trace_file, "v2e_rep_mmio", [(0x101000, 0x102000)])
+    assert outcome.kind == "done", outcome
+    assert [call.args[:2] for call in vm.ucalls.reports] == [((1 << 64) - 1, 0x2345)]
+    expected = [0x101000, 0x101001, 0x101008, 0x10100d, 0x101012, 0x101014, 0x101019, 0x10101e, 0x101023,
+                0x101025, 0x10102d, 0x101033, 0x10103a, 0x10103f]
+    assert [r["rip"] for r in insns(records)] == [hex(rip) for rip in expected]
+    leaves = [(r["reason"], r["rip"]) for r in records if r["type"] == "leave"]
+    assert leaves == [("branch-out", "0x102000")], leaves

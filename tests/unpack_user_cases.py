@@ -21,6 +21,7 @@ OUTPUT = (b"kernel: ran its own routine\nuser: report 0x00001001\nuser: report 0
 EXIT_STATUS = 43                    # the kernel's test-exit write of 0x15
 PAGE = 4096
 USER_TEXT = 0x40000000
+PAYLOAD_MOV_SIZE = 5                # mov $imm32, %edi (the payload's first instruction; see Layer.payload)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def check_user_trace(path):
 
 def check_layer_trace(path):
     """The trace of --unpack RANGE --unpack-user --trace-layers: a layer record and an event
-    at CPL 3 per layer, each event the payload's three instructions up to its system call."""
+    at CPL 3 per layer, each event the payload's two instructions before its system call, whose
+    ud2 faults (#UD: not recorded, it did not complete) and ends the event."""
     records, events = _events(path)
     expected = [(3, hex(layer.cr3), hex(layer.gva)) for layer in LAYERS]
     problems = []
@@ -121,11 +123,17 @@ def check_layer_trace(path):
         problems.append(f"layer records: expected {expected}, got {layers}")
     if [(e["cpl"], e["cr3"], e["rip"]) for e in events] != expected:
         problems.append(f"events: expected {expected}, got {[(e['cpl'], e['cr3'], e['rip']) for e in events]}")
+    leaves = {r["event"]: r for r in records if r["type"] == "leave"}
     for event in events:
         start = int(event["rip"], 16)
         rips = [int(r["rip"], 16) for r in records if r["type"] == "insn" and r["event"] == event["event"]]
-        if len(rips) != 3 or not all(start <= rip < start + PAGE for rip in rips):
-            problems.append(f"event {event['event']}: instructions at {[hex(rip) for rip in rips]}")
+        leave = leaves.get(event["event"], {})
+        ended = (leave.get("reason"), leave.get("detail"))
+        if rips != [start, start + PAYLOAD_MOV_SIZE] or ended != ("fault", "#UD"):
+            problems.append(f"event {event['event']}: instructions at {[hex(rip) for rip in rips]}, ended by "
+                            f"{ended} at rip {leave.get('rip')} ({leave.get('instructions')} traced of "
+                            f"{leave.get('steps')} stepped); expected {[hex(start), hex(start + PAYLOAD_MOV_SIZE)]}, "
+                            f"then ('fault', '#UD')")
     return problems
 
 

@@ -251,6 +251,8 @@ def check_case(case, host_ref):
         hproblems.append("no harness negative-control result")
     if "smp" not in case["vmm"] and harness:
         hproblems.append("no harness SMP result")
+    if "rep-mmio" not in case["vmm"] and harness:
+        hproblems.append("no harness rep-mmio result")
     hproblems += [e for e in case["errors"] if e.startswith("vmm ")]
     # The probes run with the patched module (rootfs/e2e/lib.sh): each check watched must
     # print what it prints unwatched.

@@ -135,6 +135,7 @@ class Stepper:
         self._attached = False
         self._length = self._kind = self._special = self._displacement = self._self_branch = None
         self._opcode = self._next_rip = self._delivers = self._operand_bits = self._accesses = None
+        self._anchored = False            # single-step was set again at this instruction (_anchor)
         self._cs_selector_before = self._cs_base_before = None   # CS when the instruction began
         # (CR3, linear page) -> (physical page, the walk's entries as (view, bytes)): a cached
         # translation is used only while the page-table entries it was read from are unchanged.
@@ -243,6 +244,8 @@ class Stepper:
                 # (VMX repeats it after port I/O; an OUT may already be counted at its exit).
                 if self._opcode == _ICEBP:   # its #DB, reported with the step's BS
                     self._deliver_icebp()
+                elif not self._anchored and (self._accesses or self._opcode in _INTERCEPTED):
+                    self._anchor()   # KVM's emulator may have run this iteration (MMIO)
                 return
         else:
             self.exit_while_stepping = True
@@ -256,6 +259,8 @@ class Stepper:
                 return
             values = self._read_regs()
             if values[RIP] == self.rip:
+                if not self._anchored:
+                    self._anchor()   # KVM finishes the access in its emulator at the next KVM_RUN
                 return
         self._stepped(self._release_tf(values), trapped=reason == _DEBUG)
 
@@ -303,6 +308,13 @@ class Stepper:
         if self._on_step is not None:
             self._on_step(self.vcpu.id, values)
         self._position(values)
+
+    def _anchor(self):
+        """Set single-step again at the instruction about to execute, which KVM's emulator may run
+        (an MMIO access, a string instruction's iteration): its writeback keeps KVM's TF only at
+        the RIP single-step was set at, so a string instruction it resumes would stop trapping."""
+        self.vcpu.set_guest_debug(single_step=True, breakpoint=self._handler_breakpoint)
+        self._anchored = True
 
     def _expected(self, rip):
         """Whether RIP is where the instruction about to execute goes."""
@@ -454,6 +466,9 @@ class Stepper:
                 return
             if self.event is not None and not delivering and not self._executed(values):
                 return
+            # Unaccounted for (one step ran several instructions: KVM's emulator wrote back
+            # RFLAGS without its TF): single-step is set again where the vCPU is.
+            self.vcpu.set_guest_debug(single_step=True)
             self._position(values)
             return
         returns_to, flags_linear = frame
@@ -659,6 +674,7 @@ class Stepper:
         (self.code, self._length, self._kind, self._self_branch, self._special, self._displacement,
          self._opcode, self._delivers, self._operand_bits, self._accesses) = decoded
         self._next_rip = (rip + self._length) & self._ip_mask
+        self._anchored = False
 
     def _decode_at(self, rip):
         code = self._read_linear((self._cs_base + rip) & self._cs_mask, decoder.MAX_LENGTH)

@@ -15,7 +15,8 @@ The SMP check runs guest_images/smp.elf on two vCPUs, both calling the watched
 full (9 instructions), and the output and exit status must equal the unwatched
 run's. The barrier check runs smp_barrier.elf, whose watched code waits for the
 other vCPU; the transparency check compares v2e_transparency.bin's probes watched
-and unwatched (differences are NOTE lines); the unpack check runs the unpacking
+and unwatched (differences are NOTE lines); the rep-mmio check traces watched code
+through string copies to MMIO (v2e_rep_mmio.bin); the unpack check runs the unpacking
 samples with the module's backend.
 """
 import hashlib
@@ -290,6 +291,33 @@ def transparency(expect):
                                  "differing": len(differing)}, problems)
 
 
+# guest_images/v2e_rep_mmio.s: the watched code's instructions (rep movsb to MMIO and back).
+REP_MMIO_RIPS = [0x101000, 0x101001, 0x101008, 0x10100d, 0x101012, 0x101014, 0x101019, 0x10101e, 0x101023,
+                 0x101025, 0x10102d, 0x101033, 0x10103a, 0x10103f]
+
+
+def rep_mmio(expect):
+    """Watched code that copies to MMIO with rep movsb, which KVM emulates and finishes at
+    the next KVM_RUN, is traced to its end: its step must survive the emulator."""
+    backend = "patched" if expect == "patched" else "stock"
+    trace = "/tmp/rep-mmio.trace.jsonl"
+    status, out, err = vmm("run", "guest_images/v2e_rep_mmio.bin", "--mem", "16M", "--watch", "0x101000+0x1000",
+                           "--backend", backend, "--trace", trace, "--timeout", "60")
+    problems, records = [], []
+    try:
+        records = [json.loads(line) for line in open(trace)]
+    except (OSError, ValueError) as e:
+        problems.append(f"trace unreadable: {e}")
+    rips = [int(r["rip"], 16) for r in records if r.get("type") == "insn"]
+    leaves = [(r.get("reason"), r.get("rip")) for r in records if r.get("type") == "leave"]
+    if status != 0:
+        problems.append(f"status {status}: " + err.strip().replace("\n", " | ")[-200:])
+    if rips != REP_MMIO_RIPS or leaves != [("branch-out", "0x102000")]:
+        problems.append(f"traced {[hex(rip) for rip in rips]}, left {leaves}; wanted the "
+                        f"{len(REP_MMIO_RIPS)} instructions of the watched code, then branch-out at 0x102000")
+    return emit("rep-mmio", {"backend": backend, "status": status, "traced": len(rips)}, problems)
+
+
 def unpack(expect):
     """Unpacking with this module's backend: the three-layer sample gives exactly two layers
     and its own output; one vCPU writing what another runs is one layer."""
@@ -337,6 +365,7 @@ def main():
     ok = smp(expect) and ok
     ok = barrier(expect) and ok
     ok = transparency(expect) and ok
+    ok = rep_mmio(expect) and ok
     ok = unpack(expect) and ok
     return 0 if ok else 1
 
