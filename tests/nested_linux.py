@@ -279,7 +279,12 @@ def main(argv=None):
     parser.add_argument("--keep", help="keep the outer root, initramfs and serial log in this directory")
     parser.add_argument("--demo", action="store_true", help="run the UPX demo alone and show what it found")
     parser.add_argument("--only", metavar="NAME,...", help="run only these cases (by the names it prints)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each selected case N times (1-1000), each reported on its own as NAME, NAME.2... "
+                             "and none run again when it fails: how often a flaky case fails")
     args = parser.parse_args(argv)
+    if not 1 <= args.repeat <= 1000:
+        parser.error(f"--repeat {args.repeat}: 1 to 1000 runs")
     missing = [str(path) for path in (OUTER_KERNEL, OUTER_MODULES, PYTHON_ROOT) if not path.exists()]
     missing += [name for name in ("qemu-system-x86_64", "gcc") if shutil.which(name) is None]
     if missing:
@@ -310,6 +315,9 @@ def main(argv=None):
             print(f"nested_linux: no case named {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         selected = [case for case in stock_cases + patched_cases + [demo] if case.name in names]
+    if args.repeat > 1:
+        selected = [Case(case.name if run == 1 else f"{case.name}.{run}", case.modules, case.run, case.status,
+                         case.texts, case.check) for case in selected for run in range(1, args.repeat + 1)]
     shutil.rmtree(work / "root", ignore_errors=True)
     outer_root(work / "root", init_script(selected, args.timeout), packed, unpacked)
     (work / "outer.cpio").write_bytes(cpio_of_tree(work / "root"))
