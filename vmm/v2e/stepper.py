@@ -466,9 +466,6 @@ class Stepper:
                 return
             if self.event is not None and not delivering and not self._executed(values):
                 return
-            # Unaccounted for (one step ran several instructions: KVM's emulator wrote back
-            # RFLAGS without its TF): single-step is set again where the vCPU is.
-            self.vcpu.set_guest_debug(single_step=True)
             self._position(values)
             return
         returns_to, flags_linear = frame
