@@ -201,10 +201,10 @@ def qemu_version():
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def outer_root(root, init, packed, unpacked):
-    """The outer machine's files: busybox, KVM modules (stock and patched), Python with its whole
-    standard library (from Debian's packages), the VMM from this tree with the user-mode guest
-    and its checks, the inner kernel and images."""
+def outer_root(root, packed, unpacked):
+    """The outer machine's files but its /init: busybox, KVM modules (stock and patched), Python
+    with its whole standard library (from Debian's packages), the VMM from this tree with the
+    user-mode guest and its checks, the inner kernel and images."""
     shutil.copytree(PYTHON_ROOT, root, symlinks=True)
     for package in STDLIB_PACKAGES:
         contents = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debian_package(package))],
@@ -234,8 +234,6 @@ def outer_root(root, init, packed, unpacked):
                         str(patched / f"{name}.ko")], check=True)
     (root / "inner").mkdir()
     inner_images(root / "inner", stock_kernel(), packed, unpacked)
-    (root / "init").write_text(init)
-    (root / "init").chmod(0o755)
 
 
 def cpio_of_tree(root):
@@ -271,6 +269,33 @@ def verdict(case, result):
     line = (f"{'FAIL' if problems else 'PASS'} {case.name}: status {actual} (expected {case.status}), "
             f"{seconds:.1f} s in the outer machine" + "".join(f"; {problem}" for problem in problems))
     return not problems, line
+
+
+def boot_outer(work, selected, timeout, log_name):
+    """Boot the outer machine (its files in work/root) to run `selected`: (its serial log's text,
+    None when it ran them all, else how it stopped). QEMU's log of the machine's resets (a
+    triple fault) goes beside the serial log."""
+    root = work / "root"
+    (root / "init").write_text(init_script(selected, timeout))
+    (root / "init").chmod(0o755)
+    (work / "outer.cpio").write_bytes(cpio_of_tree(root))
+    log, qemu_log = work / log_name, work / f"{pathlib.Path(log_name).stem}.qemu.log"
+    log.unlink(missing_ok=True)
+    qemu_log.unlink(missing_ok=True)
+    outer = subprocess.run(["timeout", "-k", "5", str(timeout * len(selected) + 300), "qemu-system-x86_64",
+                            "-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m", "2048", "-smp", "2", "-nodefaults",
+                            "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
+                            "-serial", f"file:{log}", "-d", "cpu_reset,guest_errors", "-D", str(qemu_log),
+                            "-kernel", str(OUTER_KERNEL), "-initrd", str(work / "outer.cpio"), "-append",
+                            "console=ttyS0,115200 mitigations=off nokaslr panic=-1 loglevel=4 cryptomgr.notests=1"],
+                           capture_output=True, text=True, errors="replace")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "NESTED-DONE" in text:
+        return text, None
+    ended = re.findall(r"NESTED-END (\S+)", text)
+    return text, (f"QEMU ended with status {outer.returncode} after {ended[-1] if ended else 'no case'} "
+                  f"(last serial lines: {' | '.join(text.strip().splitlines()[-3:])}; QEMU: "
+                  f"{outer.stderr.strip()[-300:] or 'nothing'}; {log}, {qemu_log})")
 
 
 def main(argv=None):
@@ -319,23 +344,24 @@ def main(argv=None):
         selected = [Case(case.name if run == 1 else f"{case.name}.{run}", case.modules, case.run, case.status,
                          case.texts, case.check) for case in selected for run in range(1, args.repeat + 1)]
     shutil.rmtree(work / "root", ignore_errors=True)
-    outer_root(work / "root", init_script(selected, args.timeout), packed, unpacked)
-    (work / "outer.cpio").write_bytes(cpio_of_tree(work / "root"))
-    log = work / "serial.log"
-    log.unlink(missing_ok=True)
-    total = args.timeout * len(selected) + 300
-    subprocess.run(["timeout", "-k", "5", str(total), "qemu-system-x86_64", "-accel", "tcg", "-cpu",
-                    "qemu64,+svm,+npt", "-m", "2048", "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none",
-                    "-monitor", "none", "-no-reboot", "-serial", f"file:{log}", "-kernel", str(OUTER_KERNEL),
-                    "-initrd", str(work / "outer.cpio"), "-append",
-                    "console=ttyS0,115200 mitigations=off nokaslr panic=-1 loglevel=4 cryptomgr.notests=1"],
-                   capture_output=True)
-    text = log.read_text(errors="replace")
-    results = parse(text)
+    outer_root(work / "root", packed, unpacked)
+    text, stopped = boot_outer(work, selected, args.timeout, "serial.log")
+    results, logs = parse(text), [text]
     failed = 0
+    if stopped is not None:
+        # The outer machine itself stopped: the cases it did not finish run once more in a new
+        # one, and both machines are reported.
+        print(f"NOTE outer machine: {stopped}; the cases it did not finish run in a new one")
+        text, stopped = boot_outer(work, [case for case in selected if case.name not in results], args.timeout,
+                                   "serial-2.log")
+        results.update(parse(text))
+        logs.append(text)
+        if stopped is not None:
+            print(f"FAIL outer machine, again: {stopped}")
+            failed += 1
     for case in selected:
         if case.name not in results:
-            print(f"FAIL {case.name}: did not finish (serial log: {log})")
+            print(f"FAIL {case.name}: did not finish (serial logs in {work})")
             failed += 1
             continue
         passed, line = verdict(case, results[case.name])
@@ -359,7 +385,7 @@ def main(argv=None):
             crash = [shown for shown in run_output if re.search(CRASH, shown)][:CRASH_LINES]
             for shown in crash + ["..."] + run_output[-TAIL_LINES:]:
                 print(f"  | {shown.rstrip()}")
-    for line in re.findall(r"NESTED-ERROR .*", text):
+    for line in re.findall(r"NESTED-ERROR .*", "\n".join(logs)):
         print(line.strip())
     if not args.keep:
         shutil.rmtree(work / "root", ignore_errors=True)
