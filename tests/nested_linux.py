@@ -190,8 +190,9 @@ def inner_images(directory, kernel, packed, unpacked):
 
 
 # The first QEMU whose VMRUN arms the breakpoints the guest's DR7 enables: before it, the
-# stepper's stop at a handler's entry never fires in the SVM guest (e2e/Makefile, host-deps).
-QEMU_BREAKPOINTS = (9, 1)
+# stepper's stop at a handler's entry never fires in the SVM guest (e2e/Makefile's host-deps
+# installs a later one).
+QEMU_BREAKPOINTS = tuple(int(part) for part in (ROOT / "e2e" / "tools" / "qemu-min").read_text().split("."))
 
 
 def qemu_version():
